@@ -1,7 +1,7 @@
 // Trajectory rasterizer, CPU build: the same per-pixel math as the CUDA kernel (traj_raster.cuh),
-// driven the other way round. Each primitive visits only the pixels of its capsule's bounding box, so
-// the cost scales with the drawn area. Primitives are visited in the same order as on the GPU, so each
-// pixel composites the same sequence.
+// driven the other way round. Each primitive visits only the pixels of its capsule's bounding box, and
+// in each row of it only the span the capsule crosses, so the cost scales with the drawn area.
+// Primitives are visited in the same order as on the GPU, so each pixel composites the same sequence.
 //
 // Built by setup.py into l2m_sdk/_raster_cpu*.so (a plain shared library, loaded with ctypes by
 // l2m_sdk/render.py). Build flags keep -ffp-contract=off so results match the numpy reference.
@@ -29,7 +29,7 @@ void raster_image(const float* traj_b, const float* colors, int T, int N, int H,
     }
     const int P = l2m::num_prims(T, N, trails);
     for (int k = 0; k < P; ++k) {
-        const l2m::Prim p = l2m::make_prim(traj_b, k, T, N, H, W, trails, line_width, point_radius);
+        const l2m::Prim p = l2m::make_prim(traj_b, colors, k, T, N, H, W, trails, line_width, point_radius);
         float x0, y0, x1, y1;
         l2m::prim_bbox(p, &x0, &y0, &x1, &y1);
         if (x1 < 0.0f || y1 < 0.0f || x0 > (float)(W - 1) || y0 > (float)(H - 1)) continue;
@@ -39,8 +39,14 @@ void raster_image(const float* traj_b, const float* colors, int T, int N, int H,
         const int j0 = (int)std::ceil(l2m::clampf(y0, 0.0f, (float)(H - 1)));
         const int j1 = (int)std::floor(l2m::clampf(y1, 0.0f, (float)(H - 1)));
         for (int j = j0; j <= j1; ++j) {
+            // Only the pixels where this row crosses the capsule: long diagonal segments would
+            // otherwise visit a whole box of pixels they cannot cover.
+            float lo, hi;
+            if (!l2m::row_span(p, (float)j, &lo, &hi)) continue;
+            const int s0 = (int)std::ceil(l2m::clampf(lo, (float)i0, (float)i1));
+            const int s1 = (int)std::floor(l2m::clampf(hi, (float)i0, (float)i1));
             float* row = img + (size_t)j * W * 3;
-            for (int i = i0; i <= i1; ++i) l2m::shade(row + 3 * i, (float)i, (float)j, p, T, color_mode, colors);
+            for (int i = s0; i <= s1; ++i) l2m::shade(row + 3 * i, (float)i, (float)j, p, T, color_mode);
         }
     }
 }

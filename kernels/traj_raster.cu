@@ -21,8 +21,10 @@
 
 namespace {
 
-// kNchwFloat: out is float (B, 3, H, W) in [0, 1]; otherwise unsigned char (B, H, W, 3).
-template <bool kNchwFloat>
+// Output layouts: float (B, 3, H, W) in [0, 1] for TensorRT; uint8 or float (B, H, W, 3) for the SDK.
+enum OutLayout { kF32Nchw, kU8Nhwc, kF32Nhwc };
+
+template <OutLayout kLayout>
 __device__ __forceinline__ void raster_tile(const float* __restrict__ traj, const float* __restrict__ colors,
                                             int B, int T, int N, int H, int W, float line_width,
                                             float point_radius, int color_mode, int trails,
@@ -56,7 +58,7 @@ __device__ __forceinline__ void raster_tile(const float* __restrict__ traj, cons
         l2m::Prim p;
         bool hit = false;
         if (k < P) {
-            p = l2m::make_prim(traj_b, k, T, N, H, W, trails, line_width, point_radius);
+            p = l2m::make_prim(traj_b, colors, k, T, N, H, W, trails, line_width, point_radius);
             float x0, y0, x1, y1;
             l2m::prim_bbox(p, &x0, &y0, &x1, &y1);
             hit = x1 >= tx0 && x0 <= tx1 && y1 >= ty0 && y0 <= ty1;
@@ -77,13 +79,13 @@ __device__ __forceinline__ void raster_tile(const float* __restrict__ traj, cons
         if (hit) s_prim[offset] = p;
         __syncthreads();
         if (inside) {
-            for (int i = 0; i < total; ++i) l2m::shade(acc, px, py, s_prim[i], T, color_mode, colors);
+            for (int i = 0; i < total; ++i) l2m::shade(acc, px, py, s_prim[i], T, color_mode);
         }
         __syncthreads();  // s_prim and s_warp_count are rewritten by the next batch
     }
 
     if (!inside) return;
-    if (kNchwFloat) {
+    if (kLayout == kF32Nchw) {
         float* o = static_cast<float*>(out);
         const size_t plane = (size_t)H * W;
         const size_t at = (size_t)b * 3 * plane + (size_t)iy * W + ix;
@@ -91,11 +93,18 @@ __device__ __forceinline__ void raster_tile(const float* __restrict__ traj, cons
         o[at + plane] = acc[1];
         o[at + 2 * plane] = acc[2];
     } else {
-        unsigned char* o = static_cast<unsigned char*>(out);
         const size_t at = (((size_t)b * H + iy) * W + ix) * 3;
-        o[at] = l2m::to_u8(acc[0]);
-        o[at + 1] = l2m::to_u8(acc[1]);
-        o[at + 2] = l2m::to_u8(acc[2]);
+        if (kLayout == kU8Nhwc) {
+            unsigned char* o = static_cast<unsigned char*>(out);
+            o[at] = l2m::to_u8(acc[0]);
+            o[at + 1] = l2m::to_u8(acc[1]);
+            o[at + 2] = l2m::to_u8(acc[2]);
+        } else {
+            float* o = static_cast<float*>(out);
+            o[at] = acc[0];
+            o[at + 1] = acc[1];
+            o[at + 2] = acc[2];
+        }
     }
 }
 
@@ -106,7 +115,7 @@ extern "C" __global__ void __launch_bounds__(L2M_THREADS)
     l2m_traj_raster_f32_nchw(const float* __restrict__ traj, int B, int T, int N, int H, int W,
                              int line_width_bits, int point_radius_bits, int color_mode, int trails,
                              int background_rgb, float* __restrict__ out) {
-    raster_tile<true>(traj, nullptr, B, T, N, H, W, __int_as_float(line_width_bits),
+    raster_tile<kF32Nchw>(traj, nullptr, B, T, N, H, W, __int_as_float(line_width_bits),
                       __int_as_float(point_radius_bits), color_mode, trails, background_rgb, out);
 }
 
@@ -115,6 +124,15 @@ extern "C" __global__ void __launch_bounds__(L2M_THREADS)
     l2m_traj_raster_u8_nhwc(const float* __restrict__ traj, const float* __restrict__ colors, int B, int T,
                             int N, int H, int W, int line_width_bits, int point_radius_bits, int color_mode,
                             int trails, int background_rgb, unsigned char* __restrict__ out) {
-    raster_tile<false>(traj, colors, B, T, N, H, W, __int_as_float(line_width_bits),
+    raster_tile<kU8Nhwc>(traj, colors, B, T, N, H, W, __int_as_float(line_width_bits),
                        __int_as_float(point_radius_bits), color_mode, trails, background_rgb, out);
+}
+
+// SDK entry, float output: as above but out is (B, H, W, 3) float32 in [0, 1].
+extern "C" __global__ void __launch_bounds__(L2M_THREADS)
+    l2m_traj_raster_f32_nhwc(const float* __restrict__ traj, const float* __restrict__ colors, int B, int T,
+                             int N, int H, int W, int line_width_bits, int point_radius_bits, int color_mode,
+                             int trails, int background_rgb, float* __restrict__ out) {
+    raster_tile<kF32Nhwc>(traj, colors, B, T, N, H, W, __int_as_float(line_width_bits),
+                          __int_as_float(point_radius_bits), color_mode, trails, background_rgb, out);
 }

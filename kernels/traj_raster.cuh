@@ -47,10 +47,12 @@ struct Rgb {
     float r, g, b;
 };
 
-// One segment (a != b) or dot (a == b) in pixel space; t is the frame index of the start point.
+// One segment (a != b) or dot (a == b) in pixel space; t is the frame index of the start point, n the
+// point index, base its colour before fading (computed once per primitive, not per pixel).
 struct Prim {
     float ax, ay, bx, by, radius;
     int t, n;
+    Rgb base;
 };
 
 L2M_HD float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
@@ -82,6 +84,59 @@ L2M_HD void prim_bbox(const Prim& p, float* x0, float* y0, float* x1, float* y1)
     *y1 = (p.ay < p.by ? p.by : p.ay) + e;
 }
 
+// Conservative x-interval [*lo, *hi] where the capsule of p meets pixel row y (CPU scanline: the capsule
+// is convex, so a row meets it in one interval; the union of the two end discs and the body is it).
+// The radius is padded by SPAN_PAD px so rounding never drops a pixel whose coverage is above 0.
+constexpr float SPAN_PAD = 0.05f;
+
+L2M_HD bool row_span(const Prim& p, float y, float* lo, float* hi) {
+    const float R = p.radius + 0.5f + SPAN_PAD;
+    float l = 1e30f, h = -1e30f;
+    const float ea = y - p.ay, eb = y - p.by;
+    if (ea * ea <= R * R) {
+        const float w = sqrtf(R * R - ea * ea);
+        l = p.ax - w < l ? p.ax - w : l;
+        h = p.ax + w > h ? p.ax + w : h;
+    }
+    if (eb * eb <= R * R) {
+        const float w = sqrtf(R * R - eb * eb);
+        l = p.bx - w < l ? p.bx - w : l;
+        h = p.bx + w > h ? p.bx + w : h;
+    }
+    const float dx = p.bx - p.ax, dy = p.by - p.ay;
+    const float len2 = dx * dx + dy * dy;
+    if (len2 > 1e-12f) {
+        // Body: 0 <= (q - a).d <= |d|^2 and |(q - a) x d| <= R |d|, with q = (x, y); each is an
+        // interval in x (or all/nothing when the segment is axis-aligned).
+        const float RL = R * sqrtf(len2);
+        float bl = -1e30f, bh = 1e30f;
+        bool empty = false;
+        if (dx != 0.0f) {
+            float u0 = (-ea * dy) / dx, u1 = (len2 - ea * dy) / dx;
+            if (u0 > u1) { const float tmp = u0; u0 = u1; u1 = tmp; }
+            bl = u0 > bl ? u0 : bl;
+            bh = u1 < bh ? u1 : bh;
+        } else if (ea * dy < 0.0f || ea * dy > len2) {
+            empty = true;
+        }
+        if (dy != 0.0f) {
+            float v0 = (ea * dx - RL) / dy, v1 = (ea * dx + RL) / dy;
+            if (v0 > v1) { const float tmp = v0; v0 = v1; v1 = tmp; }
+            bl = v0 > bl ? v0 : bl;
+            bh = v1 < bh ? v1 : bh;
+        } else if (ea * dx > RL || ea * dx < -RL) {
+            empty = true;
+        }
+        if (!empty && bl <= bh) {
+            l = p.ax + bl < l ? p.ax + bl : l;
+            h = p.ax + bh > h ? p.ax + bh : h;
+        }
+    }
+    *lo = l;
+    *hi = h;
+    return l <= h;
+}
+
 // Dark violet -> magenta -> orange -> pale yellow; 5 stops, linear between them.
 L2M_HD Rgb time_ramp(float u) {
     const float s = clampf(u, 0.0f, 1.0f) * 4.0f;
@@ -107,7 +162,8 @@ L2M_HD Rgb time_ramp(float u) {
 
 L2M_HD float hsv_channel(float h6, float k) {
     // h6 = hue * 6; k = 5, 3, 1 for r, g, b (value 1, saturation SATURATION).
-    const float m = fmodf(k + h6, 6.0f);
+    float m = k + h6;  // in [1, 11): one subtraction is fmod(m, 6), exactly (Sterbenz)
+    m = m >= 6.0f ? m - 6.0f : m;
     float w = 4.0f - m;
     w = m < w ? m : w;
     w = clampf(w, 0.0f, 1.0f);
@@ -122,9 +178,12 @@ L2M_HD Rgb point_hue(int n) {
 }
 
 // colors: optional (N, 3) base colours per point (replaces the hue), nullptr for the default hues.
-L2M_HD Rgb prim_color(int mode, float u, int n, const float* colors) {
+L2M_HD Rgb point_base(int n, const float* colors) {
+    return colors ? Rgb{colors[3 * n], colors[3 * n + 1], colors[3 * n + 2]} : point_hue(n);
+}
+
+L2M_HD Rgb prim_color(int mode, float u, const Rgb& base) {
     if (mode == COLOR_TIME) return time_ramp(u);
-    const Rgb base = colors ? Rgb{colors[3 * n], colors[3 * n + 1], colors[3 * n + 2]} : point_hue(n);
     if (mode == COLOR_POINT) return base;
     const float k = FADE_MIN + (1.0f - FADE_MIN) * clampf(u, 0.0f, 1.0f);
     return {base.r * k, base.g * k, base.b * k};
@@ -135,8 +194,8 @@ L2M_HD int num_segments(int T, int N, int trails) { return trails ? (T - 1) * N 
 L2M_HD int num_prims(int T, int N, int trails) { return num_segments(T, N, trails) + N; }
 
 // Primitive k of one image; traj_b points at that image's (T, N, 2) block.
-L2M_HD Prim make_prim(const float* traj_b, int k, int T, int N, int H, int W, int trails, float line_width,
-                      float point_radius) {
+L2M_HD Prim make_prim(const float* traj_b, const float* colors, int k, int T, int N, int H, int W, int trails,
+                      float line_width, float point_radius) {
     const int S = num_segments(T, N, trails);
     Prim p;
     if (k < S) {
@@ -162,17 +221,18 @@ L2M_HD Prim make_prim(const float* traj_b, int k, int T, int N, int H, int W, in
         p.t = T - 1;
         p.n = n;
     }
+    p.base = point_base(p.n, colors);
     return p;
 }
 
 // Composite primitive p over the running colour acc (3 floats) at pixel centre (px, py).
-L2M_HD void shade(float* acc, float px, float py, const Prim& p, int T, int mode, const float* colors) {
+L2M_HD void shade(float* acc, float px, float py, const Prim& p, int T, int mode) {
     float h;
     const float d = segment_distance(px, py, p.ax, p.ay, p.bx, p.by, &h);
     const float a = coverage(d, p.radius);
     if (a <= 0.0f) return;
     const float u = T > 1 ? ((float)p.t + h) / (float)(T - 1) : 1.0f;
-    const Rgb c = prim_color(mode, u, p.n, colors);
+    const Rgb c = prim_color(mode, u, p.base);
     acc[0] += a * (c.r - acc[0]);
     acc[1] += a * (c.g - acc[1]);
     acc[2] += a * (c.b - acc[2]);
