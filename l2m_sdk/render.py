@@ -421,7 +421,7 @@ def _as_image(traj_or_img, render_kwargs) -> np.ndarray:
 
 
 def save_png(path, traj_or_img, **render_kwargs) -> Path:
-    """Write one trajectory (T, N, 2) (rendered with `render(**render_kwargs)`) or an (H, W, 3) uint8 image."""
+    """Write a PNG of one trajectory (T, N, 2) drawn by `render(**render_kwargs)`, or of an (H, W, 3) image."""
     from PIL import Image
 
     path = Path(path)
