@@ -149,7 +149,10 @@ class _Launcher:
     def __init__(self, device: int = 0):
         drv = _driver()
         self._drv = drv
-        _ok(drv.cuInit(0), "cuInit")
+        try:
+            _ok(drv.cuInit(0), "cuInit")
+        except Exception as e:  # cuda-python raises its own error when libcuda.so is absent
+            raise RuntimeError(f"no usable NVIDIA driver / GPU for device='cuda': {e}") from e
         dev = _ok(drv.cuDeviceGet(device), "cuDeviceGet")
         attr = drv.CUdevice_attribute
         major = _ok(

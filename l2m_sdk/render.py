@@ -95,7 +95,13 @@ def _check_traj(traj) -> tuple[np.ndarray, bool]:
 
 
 def _check_size(size) -> tuple[int, int]:
-    hw = (size, size) if isinstance(size, (int, np.integer)) else tuple(size) if size is not None else ()
+    if isinstance(size, (int, np.integer)):
+        hw = (size, size)
+    else:
+        try:
+            hw = tuple(size)
+        except TypeError:
+            hw = ()
     if len(hw) != 2 or not all(isinstance(v, (int, np.integer)) and 1 <= v <= MAX_SIZE for v in hw):
         raise ValueError(f"size must be an int or an (H, W) pair of ints in [1, {MAX_SIZE}]; got {size!r}")
     return int(hw[0]), int(hw[1])
@@ -421,7 +427,7 @@ def _as_image(traj_or_img, render_kwargs) -> np.ndarray:
 
 
 def save_png(path, traj_or_img, **render_kwargs) -> Path:
-    """Write a PNG of one trajectory (T, N, 2) drawn by `render(**render_kwargs)`, or of an (H, W, 3) image."""
+    """Write a PNG of one trajectory (T, N, 2) drawn by `render(**render_kwargs)`, or an (H, W, 3) image."""
     from PIL import Image
 
     path = Path(path)
