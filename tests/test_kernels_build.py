@@ -43,9 +43,8 @@ def test_nvrtc_compiles_loadable_ptx(tmp_path):
     pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-python not installed")
     t0 = time.perf_counter()
     ptx = build.nvrtc_ptx("compute_80")
-    print(
-        f"NVRTC {C.nvrtc_version()} compile: {time.perf_counter() - t0:.2f} s, PTX ISA {build.ptx_version(ptx)}"
-    )
+    seconds = time.perf_counter() - t0
+    print(f"NVRTC {C.nvrtc_version()} compile: {seconds:.2f} s, PTX ISA {build.ptx_version(ptx)}")
     assert build.ptx_version(ptx) <= MAX_PTX_ISA, "this PTX would not load on driver 580 (CUDA 13.0)"
     params = build.ptx_entry_params(ptx)
     assert {e: params.get(e) for e in C.ENTRIES} == {e: _expected_params(e) for e in C.ENTRIES}

@@ -222,7 +222,8 @@ def test_numpy_fallback_warns_once(monkeypatch, caplog, rng):
 def test_import_is_cheap():
     code = (
         "import sys, l2m_sdk.render as r; "
-        "heavy = [m for m in ('torch', 'cuda', 'cuda.bindings', 'PIL', 'matplotlib', 'kernels') if m in sys.modules]; "
+        "mods = ('torch', 'cuda', 'cuda.bindings', 'PIL', 'matplotlib', 'kernels'); "
+        "heavy = [m for m in mods if m in sys.modules]; "
         "print(heavy); assert r._lib is None and not heavy"
     )
     proc = subprocess.run(
