@@ -162,22 +162,26 @@ def image_path_model(tower: onnx.ModelProto, plugin_node) -> onnx.ModelProto:
 
 
 def _raster_node_factory(height: int, width: int):
-    """The l2m::TrajRaster ONNX node from kernels/trt_plugin.py (which also registers the plugin with
-    tensorrt.plugin on import). Imported only here: only the image path needs it."""
+    """The l2m::TrajRaster ONNX node and plugin registration from kernels/trt_plugin.py (register() must
+    run before the ONNX parser meets the node). Imported only here: only the image path needs it.
+    Returns (node factory, sha256 of the plugin sources, recorded in meta.json)."""
     try:
         plug = importlib.import_module("kernels.trt_plugin")
     except ImportError as e:
         raise RuntimeError(
             "the image-path engine needs kernels/trt_plugin.py (the l2m::TrajRaster plugin)"
         ) from e
-    make = getattr(plug, "onnx_node", None)
-    if make is None:
-        raise RuntimeError("kernels.trt_plugin has no onnx_node(input, output, height=, width=) helper")
+    plug.register()
 
     def node(inp: str, out: str):
-        return make(inp, out, height=height, width=width)
+        return plug.make_onnx_node(inp, out, height=height, width=width)
 
-    return node, hashlib.sha256(Path(plug.__file__).read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    root = Path(plug.__file__).parent
+    for f in ("trt_plugin.py", "traj_raster.cu", "traj_raster.cuh"):
+        if (root / f).is_file():
+            h.update((root / f).read_bytes())
+    return node, h.hexdigest()
 
 
 def _plugin_available() -> bool:
