@@ -522,14 +522,16 @@ def test_image_path_model_puts_the_raster_node_first():
     )
     tower = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
 
+    trt_plugin = pytest.importorskip("kernels.trt_plugin")
+
     def node(inp, out):
-        return helper.make_node(
-            "TrajRaster", [inp], [out], domain="l2m", plugin_namespace="l2m", height=8, width=8
-        )
+        return trt_plugin.make_onnx_node(inp, out, height=8, width=8)
 
     m = trt_build.image_path_model(tower, node)
     assert [i.name for i in m.graph.input] == ["trajectory"]
-    assert m.graph.node[0].op_type == "TrajRaster" and list(m.graph.node[0].output) == ["image"]
+    first = m.graph.node[0]
+    assert first.op_type == "TrajRaster" and list(first.output) == ["image"] and first.domain == "l2m"
+    assert {a.name: a for a in first.attribute}["plugin_namespace"].s == b"l2m"
     assert {o.domain for o in m.opset_import} == {"", "l2m"}
     assert tower.graph.input[0].name == "image"  # the tower itself is untouched
 
