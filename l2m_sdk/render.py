@@ -25,7 +25,9 @@ The math lives in kernels/traj_raster.cuh. ``render`` runs it through the compil
 
 import ctypes
 import logging
+import sys
 import threading
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -461,3 +463,18 @@ def save_gif(path, traj, fps: float = 15, size=224, hold_last_s: float = 1.0, **
     path = Path(path)
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
     return path
+
+
+class _CallableModule(types.ModuleType):
+    """`l2m_sdk.render` names both this module and its main function; calling the module renders.
+
+    Importing the submodule binds the package attribute ``l2m_sdk.render`` to the module, which would
+    shadow the function of the same name; being callable keeps ``l2m_sdk.render(traj)`` working either way
+    while ``l2m_sdk.render.save_png`` and friends stay reachable.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return render(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from l2m_sdk import render as R
+import l2m_sdk.render as R  # the submodule, not the package-level function of the same name
 
 # Tolerance on [0, 1] float pixels. The three builds run the same float32 operations in the same order,
 # with FMA contraction switched off (-ffp-contract=off, --fmad=false) and IEEE division/sqrt, so they
@@ -230,3 +230,11 @@ def test_import_is_cheap():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=R.Path(R.__file__).parents[1]
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_module_is_callable_like_the_function(rng, cpu_lib):
+    import l2m_sdk
+
+    traj, size, kw = _random_case(rng, "smooth")
+    np.testing.assert_array_equal(l2m_sdk.render(traj, size, **kw), R.render(traj, size, **kw))
+    assert callable(l2m_sdk.render.save_png) and callable(l2m_sdk.render.save_gif)
