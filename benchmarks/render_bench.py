@@ -29,7 +29,7 @@ TARGET_SPEEDUP = 100.0
 
 
 def sample_motion(frames: int = 30, side: int = 8) -> np.ndarray:
-    """(T, side*side, 2) float32: a grid turning a quarter, shrinking, drifting right, hopping twice (y down)."""
+    """(T, side*side, 2) float32: a grid turning a quarter, shrinking, drifting right, hopping (y down)."""
     g = np.linspace(-0.3, 0.3, side, dtype=np.float32)
     gx, gy = np.meshgrid(g, g)
     grid = np.stack([gx.ravel(), gy.ravel()], axis=-1)
