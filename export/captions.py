@@ -1,0 +1,430 @@
+"""Caption vocabulary and the caption writer for the procedural motion corpus.
+
+A *spec* is the structured meaning of a caption (family plus its discrete words: direction, sense,
+speed class); `write_caption` turns one into a sentence. Words mean what a viewer sees on screen:
+"up" is toward smaller y (y points down), "clockwise" is clockwise on the screen.
+
+Held-out vocabulary (objects, verbs, adverbs, direction forms) never appears in training captions;
+the evaluation builds its held-out phrasings from it, so "held out" means unseen words and forms,
+not only unseen samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Screen directions: unit vectors with y down.
+DIRECTIONS = {
+    "right": (1.0, 0.0),
+    "left": (-1.0, 0.0),
+    "up": (0.0, -1.0),
+    "down": (0.0, 1.0),
+    "up_right": (0.7071, -0.7071),
+    "up_left": (-0.7071, -0.7071),
+    "down_right": (0.7071, 0.7071),
+    "down_left": (-0.7071, 0.7071),
+}
+HORIZONTAL = ("left", "right")
+
+# (phrase, held_out)
+_DIR_WORDS: dict[str, list[tuple[str, bool]]] = {
+    "right": [
+        ("to the right", False),
+        ("right", False),
+        ("rightward", False),
+        ("towards the right", False),
+        ("to the right side of the screen", False),
+        ("across to the right", False),
+        ("east", False),
+        ("over to the right", True),
+        ("toward the right edge", True),
+    ],
+    "left": [
+        ("to the left", False),
+        ("left", False),
+        ("leftward", False),
+        ("towards the left", False),
+        ("to the left side of the screen", False),
+        ("across to the left", False),
+        ("west", False),
+        ("over to the left", True),
+        ("toward the left edge", True),
+    ],
+    "up": [
+        ("up", False),
+        ("upward", False),
+        ("upwards", False),
+        ("to the top", False),
+        ("towards the top of the frame", False),
+        ("skyward", False),
+        ("north", False),
+        ("up toward the sky", True),
+        ("toward the top edge", True),
+    ],
+    "down": [
+        ("down", False),
+        ("downward", False),
+        ("downwards", False),
+        ("to the bottom", False),
+        ("towards the bottom of the frame", False),
+        ("south", False),
+        ("toward the ground", False),
+        ("down toward the floor", True),
+        ("toward the bottom edge", True),
+    ],
+}
+for _v in ("up", "down"):
+    for _h in ("left", "right"):
+        _DIR_WORDS[f"{_v}_{_h}"] = [
+            (f"{_v} and to the {_h}", False),
+            (f"to the {'upper' if _v == 'up' else 'lower'} {_h}", False),
+            (f"towards the {'top' if _v == 'up' else 'bottom'} {_h}", False),
+            (f"diagonally {_v} and {_h}", False),
+            (f"{'north' if _v == 'up' else 'south'}{'west' if _h == 'left' else 'east'}", False),
+            (f"{_v}-{_h}", False),
+            (f"to the {'top' if _v == 'up' else 'bottom'} {_h} corner", True),
+            (f"{_h} and {_v}", True),
+        ]
+
+_OBJECTS: list[tuple[str, bool]] = [
+    (o, False)
+    for o in (
+        "ball",
+        "car",
+        "bird",
+        "person",
+        "dog",
+        "cat",
+        "leaf",
+        "box",
+        "cup",
+        "wheel",
+        "balloon",
+        "fish",
+        "plane",
+        "boat",
+        "horse",
+        "robot",
+        "bottle",
+        "apple",
+        "rock",
+        "fan",
+        "toy",
+        "butterfly",
+        "flag",
+        "star",
+        "camera",
+        "bicycle",
+        "truck",
+        "child",
+        "feather",
+        "cloud",
+        "bubble",
+        "coin",
+        "hand",
+        "arm",
+        "disk",
+        "sign",
+        "block",
+        "shape",
+        "object",
+        "square",
+        "circle",
+        "drone",
+        "insect",
+        "cursor",
+        "tire",
+        "bee",
+        "ship",
+        "rabbit",
+        "frog",
+        "man",
+        "woman",
+        "cube",
+        "sphere",
+        "stone",
+        "gear",
+        "pendulum",
+        "door",
+    )
+] + [
+    (o, True) for o in ("kite", "dial", "puddle", "snail", "lantern", "frisbee", "squirrel", "parcel", "moth")
+]
+
+_SLOW = [
+    ("slowly", False),
+    ("gently", False),
+    ("gradually", False),
+    ("at a slow pace", False),
+    ("leisurely", False),
+    ("sluggishly", True),
+    ("unhurriedly", True),
+]
+_FAST = [
+    ("quickly", False),
+    ("rapidly", False),
+    ("fast", False),
+    ("swiftly", False),
+    ("at high speed", False),
+    ("briskly", True),
+    ("in a hurry", True),
+]
+
+# verb forms: (ing, third person, held_out)
+_VERBS = {
+    "translate": [
+        ("moving", "moves", False),
+        ("going", "goes", False),
+        ("sliding", "slides", False),
+        ("traveling", "travels", False),
+        ("gliding", "glides", False),
+        ("heading", "heads", False),
+        ("rolling", "rolls", False),
+        ("driving", "drives", False),
+        ("flying", "flies", False),
+        ("floating", "floats", False),
+        ("shifting", "shifts", False),
+        ("running", "runs", False),
+        ("drifting", "drifts", True),
+        ("coasting", "coasts", True),
+        ("sailing", "sails", True),
+    ],
+    "rotate": [
+        ("spinning", "spins", False),
+        ("rotating", "rotates", False),
+        ("revolving", "revolves", False),
+        ("twirling", "twirls", False),
+        ("whirling", "whirls", False),
+        ("turning", "turns", True),
+        ("pivoting", "pivots", True),
+    ],
+    "orbit": [
+        ("circling", "circles", False),
+        ("orbiting", "orbits", False),
+        ("moving in a circle", "moves in a circle", False),
+        ("going around in a loop", "goes around in a loop", True),
+    ],
+    "zigzag": [
+        ("zigzagging", "zigzags", False),
+        ("moving in a zigzag", "moves in a zigzag", False),
+        ("weaving back and forth", "weaves back and forth", True),
+    ],
+    "bounce": [
+        ("bouncing", "bounces", False),
+        ("bounding", "bounds", False),
+        ("bouncing along", "bounces along", True),
+    ],
+    "jump": [
+        ("jumping", "jumps", False),
+        ("leaping", "leaps", False),
+        ("hopping", "hops", False),
+        ("springing", "springs", True),
+    ],
+    "walk": [
+        ("walking", "walks", False),
+        ("strolling", "strolls", False),
+        ("marching", "marches", False),
+        ("trotting", "trots", False),
+        ("stepping", "steps", True),
+    ],
+    "stop_and_go": [
+        ("moving in fits and starts", "moves in fits and starts", False),
+        ("stopping and starting", "stops and starts", False),
+        ("moving with pauses", "moves with pauses", False),
+        ("inching along with stops", "inches along with stops", True),
+    ],
+}
+# Families whose verb phrase carries no direction slot: (ing, third person, held_out)
+_FIXED = {
+    "fall": [
+        ("falling", "falls", False),
+        ("dropping", "drops", False),
+        ("falling down", "falls down", False),
+        ("tumbling down", "tumbles down", False),
+        ("falling to the ground", "falls to the ground", False),
+        ("plummeting", "plummets", True),
+        ("plunging downward", "plunges downward", True),
+    ],
+    "swing": [
+        ("swaying from side to side", "sways from side to side", False),
+        ("swaying", "sways", False),
+        ("swinging like a pendulum", "swings like a pendulum", False),
+        ("swinging back and forth", "swings back and forth", False),
+        ("rocking back and forth", "rocks back and forth", False),
+        ("oscillating side to side", "oscillates side to side", True),
+    ],
+    "shake": [
+        ("shaking", "shakes", False),
+        ("vibrating", "vibrates", False),
+        ("trembling", "trembles", False),
+        ("jittering", "jitters", False),
+        ("quivering", "quivers", False),
+        ("shivering", "shivers", True),
+        ("rattling", "rattles", True),
+    ],
+    "wave": [
+        ("waving", "waves", False),
+        ("rippling", "ripples", False),
+        ("undulating", "undulates", False),
+        ("fluttering like a flag", "flutters like a flag", False),
+        ("billowing in waves", "billows in waves", True),
+    ],
+    "flap": [
+        ("flapping its wings", "flaps its wings", False),
+        ("beating its wings", "beats its wings", False),
+        ("flapping", "flaps", False),
+        ("flapping both sides up and down", "flaps both sides up and down", False),
+        ("fluttering its wings", "flutters its wings", True),
+    ],
+    "still": [
+        ("sitting still", "sits still", False),
+        ("staying still", "stays still", False),
+        ("not moving", "does not move", False),
+        ("remaining motionless", "remains motionless", False),
+        ("standing still", "stands still", False),
+        ("resting in place", "rests in place", False),
+        ("staying perfectly still", "stays perfectly still", True),
+        ("frozen in place", "is frozen in place", True),
+    ],
+    "grow": [
+        ("growing", "grows", False),
+        ("expanding", "expands", False),
+        ("getting bigger", "gets bigger", False),
+        ("inflating", "inflates", False),
+        ("swelling", "swells", False),
+        ("enlarging", "enlarges", False),
+        ("approaching the camera", "approaches the camera", False),
+        ("zooming in", "zooms in", False),
+        ("spreading out", "spreads out", False),
+        ("coming closer", "comes closer", False),
+        ("expanding outward", "expands outward", True),
+        ("ballooning", "balloons", True),
+    ],
+    "shrink": [
+        ("shrinking", "shrinks", False),
+        ("contracting", "contracts", False),
+        ("getting smaller", "gets smaller", False),
+        ("deflating", "deflates", False),
+        ("zooming out", "zooms out", False),
+        ("moving away from the camera", "moves away from the camera", False),
+        ("receding into the distance", "recedes into the distance", False),
+        ("collapsing inward", "collapses inward", False),
+        ("dwindling", "dwindles", True),
+        ("pulling together", "pulls together", True),
+    ],
+    "spiral_in": [
+        ("spiraling inward", "spirals inward", False),
+        ("spiraling in", "spirals in", False),
+        ("spiraling toward the center", "spirals toward the center", True),
+    ],
+    "spiral_out": [
+        ("spiraling outward", "spirals outward", False),
+        ("spiraling out", "spirals out", False),
+        ("spiraling away from the center", "spirals away from the center", True),
+    ],
+}
+_SENSE = {
+    "cw": [("clockwise", False), ("in a clockwise direction", False), ("clockwise around its center", True)],
+    "ccw": [
+        ("counterclockwise", False),
+        ("anticlockwise", False),
+        ("counter-clockwise", False),
+        ("in a counterclockwise direction", False),
+        ("counterclockwise around its center", True),
+    ],
+}
+# up/down-only verbs for translation that carry their own direction
+_VERTICAL_VERBS = {
+    "up": [("rising", "rises", False), ("climbing", "climbs", False), ("ascending", "ascends", True)],
+    "down": [("sinking", "sinks", False), ("descending", "descends", False), ("lowering", "lowers", True)],
+}
+
+# Families the model knows (zero-shot classification labels): name -> label prompt.
+FAMILIES = {
+    "translate": "an object moving in a straight line",
+    "rotate": "an object spinning in place",
+    "grow": "an object growing bigger",
+    "shrink": "an object shrinking",
+    "bounce": "an object bouncing",
+    "fall": "an object falling down",
+    "jump": "an object jumping in an arc",
+    "orbit": "an object moving around in a circle",
+    "spiral": "an object spiraling",
+    "zigzag": "an object zigzagging",
+    "swing": "an object swaying from side to side",
+    "shake": "an object shaking",
+    "wave": "an object rippling like a wave",
+    "flap": "a bird flapping its wings",
+    "walk": "a person walking",
+    "stop_and_go": "an object moving in fits and starts",
+    "still": "an object staying still",
+}
+
+
+def _pick(rng: np.random.Generator, items: list, held_out: bool) -> tuple:
+    pool = [it for it in items if it[-1] == held_out] or [it for it in items if not it[-1]]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def _verb_phrase(spec: dict, rng: np.random.Generator, third: bool, held_out: bool) -> str:
+    fam = spec["family"]
+    held = held_out and rng.random() < 0.6
+    form = 1 if third else 0
+    if fam in ("translate", "zigzag", "stop_and_go", "walk", "bounce", "jump"):
+        d = spec.get("dir")
+        if fam == "translate" and d in _VERTICAL_VERBS and rng.random() < 0.25:
+            return _pick(rng, _VERTICAL_VERBS[d], held)[form]
+        verb = _pick(rng, _VERBS[fam], held)[form]
+        if d is None:
+            extra = {"bounce": " in place", "jump": " up and down", "walk": " in place"}.get(fam, "")
+            return verb + (extra if rng.random() < 0.7 else "")
+        return f"{verb} {_pick(rng, _DIR_WORDS[d], held)[0]}"
+    if fam in ("rotate", "orbit"):
+        verb = _pick(rng, _VERBS[fam], held)[form]
+        return f"{verb} {_pick(rng, _SENSE[spec['sense']], held)[0]}"
+    if fam == "spiral":
+        return _pick(rng, _FIXED["spiral_" + spec["sense"]], held)[form]
+    return _pick(rng, _FIXED[fam], held)[form]
+
+
+def write_caption(spec: dict, rng: np.random.Generator, held_out: bool = False) -> str:
+    """One sentence for a spec. `spec` = {"family", optional "dir", "sense", "speed", "then", "while"}.
+
+    With held_out=True the object is always an unseen one and each other word slot (verb, direction
+    form, adverb) draws from the held-out vocabulary with probability 0.6; otherwise only training
+    vocabulary is used.
+    """
+    noun = _pick(rng, _OBJECTS, held_out)[0]
+    style = int(rng.integers(4))
+    third = style in (1, 3)
+    subject = ("the " + noun) if style in (1, 2) and rng.random() < 0.8 else _article(noun)
+    vp = _verb_phrase(spec, rng, third, held_out)
+    speed = spec.get("speed", "normal")
+    if speed != "normal":
+        adv = _pick(rng, _SLOW if speed == "slow" else _FAST, held_out and rng.random() < 0.6)[0]
+        vp = f"{adv} {vp}" if rng.random() < 0.3 and adv.endswith("ly") else f"{vp} {adv}"
+    if "while" in spec:
+        joiner = "while" if rng.random() < 0.5 else "and"
+        vp = f"{vp} {joiner} {_verb_phrase(spec['while'], rng, third, held_out)}"
+    if "then" in spec:
+        joiner = [" and then ", ", then ", " then ", " before "][int(rng.integers(4))]
+        vp = vp + joiner + _verb_phrase(spec["then"], rng, third, held_out)
+    if style == 2:
+        return f"{subject} is {vp}" if not third else f"{subject} {vp}"
+    if style == 3 and rng.random() < 0.3:
+        return f"there is {_article(noun)} that {vp}"
+    return f"{subject} {vp}"
+
+
+def spec_key(spec: dict) -> str:
+    """A canonical string for a spec: equal keys mean the same meaning (used to mask false negatives)."""
+    parts = [spec["family"], str(spec.get("dir")), str(spec.get("sense")), spec.get("speed", "normal")]
+    if "then" in spec:
+        parts.append("then:" + spec_key(spec["then"]))
+    if "while" in spec:
+        parts.append("while:" + spec_key(spec["while"]))
+    return "|".join(parts)
