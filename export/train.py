@@ -1,0 +1,254 @@
+"""Train the Lang2Motion model on the procedural corpus.
+
+    python -m export.train --preset default            # the shipped model (~1 h on 2 CPU cores)
+    python -m export.train --preset default --resume   # continue from runs/default/ckpt.pt
+    python -m export.train --preset tiny --out /tmp/t  # seconds; used by the tests
+
+The text tower is frozen, so every caption of the pool is embedded once and cached on disk
+(`cache/`); trajectories are synthesised on the fly from each caption's spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.data import CaptionPool, make_batch
+from export.losses import LossWeights, infonce, reconstruction, same_meaning, splat_render
+from export.model import L2M, ModelConfig
+from export.text_towers import TextEncoder
+
+log = logging.getLogger("l2m.export")
+
+N_CHOICES = (1, 4, 9, 16, 25, 36, 49, 64, 100, 144, 256)
+N_WEIGHTS = (1.0, 2.0, 2.0, 3.0, 2.0, 3.0, 2.0, 3.0, 1.0, 0.5, 0.3)
+T_CHOICES = (16, 24, 30, 40, 60)
+T_WEIGHTS = (1.0, 1.0, 3.0, 1.0, 1.0)
+
+
+@dataclass
+class TrainConfig:
+    tower: str = "minilm"
+    steps: int = 3000
+    batch: int = 96
+    lr: float = 6e-4
+    warmup: int = 200
+    weight_decay: float = 0.01
+    pool_size: int = 30000
+    seed: int = 0
+    max_points_per_batch: int = 96 * 36  # B * N cap: large N comes with a smaller batch
+    checkpoint_every: int = 250
+    threads: int = 2
+    model: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)
+
+
+PRESETS = {
+    "default": TrainConfig(),
+    "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
+    "tiny": TrainConfig(
+        steps=40,
+        batch=32,
+        lr=2e-3,
+        warmup=5,
+        pool_size=400,
+        checkpoint_every=20,
+        model={
+            "width": 64,
+            "enc_layers": 1,
+            "dec_layers": 1,
+            "ff": 128,
+            "point_hidden": 32,
+            "adapter_hidden": 64,
+        },
+    ),
+}
+
+
+def pool_embeddings(enc: TextEncoder, pool: CaptionPool, cache_dir: Path) -> np.ndarray:
+    """Frozen-tower embeddings of every caption, cached by tower spec and caption hash."""
+    h = hashlib.sha256(("\n".join(pool.captions) + enc.spec).encode()).hexdigest()[:16]
+    path = cache_dir / f"pool-{enc.spec.replace(':', '_').replace('/', '_')}-{h}.npy"
+    if path.exists():
+        return np.load(path)
+    emb = enc.encode(pool.captions, progress=len(pool.captions) > 2000).numpy().astype(np.float32)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, emb)
+    return emb
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+def compute_losses(
+    model: L2M,
+    traj: torch.Tensor,
+    e_text: torch.Tensor,
+    keys: list[str],
+    w: LossWeights,
+    image_emb: torch.Tensor | None = None,
+) -> dict:
+    T = traj.shape[1]
+    times = L2M.times(T)
+    z = model.encoder(traj)
+    e = model.adapter(e_text)
+    init = traj[:, 0]
+    h = max(1, traj.shape[0] // 2)  # the motion path is decoded for half the batch: same signal, less time
+    rec_m = reconstruction(model.decoder(z[:h], init[:h], times), traj[:h], w.velocity)
+    rec_t = reconstruction(model.decoder(e, init, times), traj, w.velocity)
+    cos = (1 - (z * e).sum(-1)).mean()
+    nce = infonce(z, e, model.logit_scale, same_meaning(keys))
+    out = {"rec_motion": rec_m, "rec_text": rec_t, "cosine": cos, "infonce": nce}
+    total = w.rec_motion * rec_m + w.rec_text * rec_t + w.cosine * cos + w.infonce * nce
+    if image_emb is not None:
+        img = (1 - (z * image_emb).sum(-1)).mean()
+        out["image"] = img
+        total = total + w.image * img
+    out["total"] = total
+    return out
+
+
+def train(
+    cfg: TrainConfig, out: Path, resume: bool = False, cache_dir: Path = Path("cache"), progress: bool = True
+) -> dict:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    enc = TextEncoder(cfg.tower)
+    mcfg = ModelConfig.from_dict({**cfg.model, "dim": enc.dim, "text_tower": cfg.tower})
+    model = L2M(mcfg)
+    weights = LossWeights(**cfg.weights)
+    pool = CaptionPool.build(cfg.pool_size, cfg.seed)
+    emb = torch.from_numpy(pool_embeddings(enc, pool, cache_dir))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+    ckpt = out / "ckpt.pt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+        log.info("resumed from %s at step %d", ckpt, step)
+    (out / "config.json").write_text(json.dumps({"train": cfg.__dict__, "model": mcfg.to_dict()}, indent=2))
+    nw = np.array(N_WEIGHTS) / sum(N_WEIGHTS)
+    tw = np.array(T_WEIGHTS) / sum(T_WEIGHTS)
+    history = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step")
+    t0 = time.time()
+    model.train()
+    while step < cfg.steps:
+        n = int(rng.choice(N_CHOICES, p=nw))
+        T = int(rng.choice(T_CHOICES, p=tw))
+        b = max(8, min(cfg.batch, cfg.max_points_per_batch // n))
+        idx = rng.integers(0, len(pool.captions), b)
+        traj_np = make_batch(pool, idx, T, n, rng)
+        traj = torch.from_numpy(traj_np)
+        image_emb = None
+        if enc.image_tower is not None:
+            with torch.no_grad():
+                image_emb = enc.image_tower(torch.from_numpy(splat_render(traj_np)))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        losses = compute_losses(model, traj, emb[idx], [pool.keys[i] for i in idx], weights, image_emb)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        rec = {k: round(float(v), 5) for k, v in losses.items()}
+        rec.update(step=step, N=n, T=T, B=b, lr=lr_at(step - 1, cfg), seconds=round(time.time() - t0, 1))
+        history.append(rec)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(total=rec["total"], rec_t=rec["rec_text"], nce=rec["infonce"])
+        if step % 50 == 0 or step == cfg.steps:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            tmp = out / "ckpt.pt.tmp"
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                },
+                tmp,
+            )
+            tmp.replace(ckpt)
+    if bar is not None:
+        bar.close()
+    save_weights(model, out)
+    return {"history": history, "model": model, "config": mcfg}
+
+
+def save_weights(model: L2M, out: Path) -> Path:
+    """model.safetensors + model_config.json: what a bundle is exported from."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    path = out / "model.safetensors"
+    save_file(sd, str(path), metadata={"config": json.dumps(model.cfg.to_dict())})
+    (out / "model_config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
+    return path
+
+
+def load_weights(path: str | Path) -> L2M:
+    """Inverse of save_weights: an L2M in eval mode from a model.safetensors file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    with safe_open(str(path), "pt") as f:
+        cfg = ModelConfig.from_dict(json.loads(f.metadata()["config"]))
+    model = L2M(cfg)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    ap.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--tower", default=None, help="override the text tower spec")
+    ap.add_argument("--cache", default="cache")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = TrainConfig(**{**PRESETS[args.preset].__dict__})
+    for k in ("seed", "steps", "tower"):
+        if getattr(args, k) is not None:
+            setattr(cfg, k, getattr(args, k))
+    out = Path(args.out or f"runs/{args.preset}")
+    res = train(cfg, out, resume=args.resume, cache_dir=Path(args.cache))
+    h = res["history"]
+    if h:
+        print(json.dumps({"first": h[0], "last": h[-1]}, indent=1))
+    print(f"weights: {out / 'model.safetensors'}")
+
+
+if __name__ == "__main__":
+    main()
