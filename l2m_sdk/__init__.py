@@ -111,7 +111,9 @@ def __getattr__(name):
 
         return list_bundles
     if name in ("render", "render_frames", "save_png", "save_gif"):
-        from l2m_sdk import render as _r
+        import importlib
 
-        return getattr(_r, name)
+        # Importing binds l2m_sdk.render to the submodule, which is callable (it runs render()).
+        _r = importlib.import_module("l2m_sdk.render")
+        return _r if name == "render" else getattr(_r, name)
     raise AttributeError(f"module 'l2m_sdk' has no attribute {name!r}")
