@@ -86,6 +86,13 @@ def _load_library(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def cmd_generate(args) -> int:
+    # Check every output type before any work, so a typo in the last -o leaves no partial set of files.
+    for out in args.output:
+        ext = Path(out).suffix
+        if ext.lower() not in OUT_KINDS:
+            raise CliError(
+                f"unknown output type {ext or '(none)'} for {out}; use one of {', '.join(OUT_KINDS)}"
+            )
     model = _model(args)
     texts = args.text
     init = np.load(args.initial_points) if args.initial_points else None
