@@ -122,8 +122,16 @@ def compute_losses(
 
 
 def train(
-    cfg: TrainConfig, out: Path, resume: bool = False, cache_dir: Path = Path("cache"), progress: bool = True
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool = False,
+    cache_dir: Path = Path("cache"),
+    progress: bool = True,
+    halt_at: int | None = None,
 ) -> dict:
+    """Train (or resume) and write out/model.safetensors. `halt_at` stops after that many steps without
+    changing the learning-rate schedule (which always spans cfg.steps), so a halted run is reproducible
+    and can be resumed to the end."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +164,8 @@ def train(
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step")
     t0 = time.time()
     model.train()
-    while step < cfg.steps:
+    last = cfg.steps if halt_at is None else min(cfg.steps, halt_at)
+    while step < last:
         n = int(rng.choice(N_CHOICES, p=nw))
         T = int(rng.choice(T_CHOICES, p=tw))
         b = max(8, min(cfg.batch, cfg.max_points_per_batch // n))
@@ -184,7 +193,7 @@ def train(
         if step % 50 == 0 or step == cfg.steps:
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or step == last:
             tmp = out / "ckpt.pt.tmp"
             torch.save(
                 {
@@ -236,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--tower", default=None, help="override the text tower spec")
     ap.add_argument("--cache", default="cache")
+    ap.add_argument("--halt-at", type=int, default=None, help="stop after this step (schedule unchanged)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig(**{**PRESETS[args.preset].__dict__})
@@ -243,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, k) is not None:
             setattr(cfg, k, getattr(args, k))
     out = Path(args.out or f"runs/{args.preset}")
-    res = train(cfg, out, resume=args.resume, cache_dir=Path(args.cache))
+    res = train(cfg, out, resume=args.resume, cache_dir=Path(args.cache), halt_at=args.halt_at)
     h = res["history"]
     if h:
         print(json.dumps({"first": h[0], "last": h[-1]}, indent=1))
