@@ -94,11 +94,15 @@ def embeddings(x, dim: int, name: str = "embedding") -> tuple[np.ndarray, bool]:
     if a.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (B = 0)")
     _finite(a, name)
-    a = a.astype(np.float32)
-    n = np.linalg.norm(a, axis=1, keepdims=True)
-    if (n < 1e-12).any():
+    # Normalise in float64 after dividing by each row's largest |component|: any finite non-zero row
+    # (1e-30 or 1e300 alike) becomes a unit vector without overflow or underflow in the norm.
+    a = a.astype(np.float64)
+    peak = np.abs(a).max(axis=1, keepdims=True)
+    if (peak == 0).any():
         raise ValueError(f"{name} has a zero vector; embeddings must be non-zero")
-    return np.ascontiguousarray(a / n), single
+    a = a / peak
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    return np.ascontiguousarray(a, dtype=np.float32), single
 
 
 def integer(x, name: str, lo: int, hi: int) -> int:

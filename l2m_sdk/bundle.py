@@ -131,6 +131,7 @@ def load_bundle(name_or_path: str | Path, verify: bool = True) -> Bundle:
     for role in ("text", "motion_encoder", "motion_decoder"):
         if role not in manifest["graphs"]:
             raise BundleError(f"{mpath}: graphs lacks {role!r}")
+    _check_fields(mpath, manifest)
     for rel, info in manifest["files"].items():
         p = root / rel
         if not p.exists():
@@ -153,8 +154,60 @@ def load_bundle(name_or_path: str | Path, verify: bool = True) -> Bundle:
     return bundle
 
 
+def _is_int(x, lo: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= lo
+
+
+def _is_inner_path(rel) -> bool:
+    """A relative path that stays inside the bundle directory (no absolute path, no '..')."""
+    return (
+        isinstance(rel, str) and rel != "" and not rel.startswith(("/", "\\")) and ".." not in rel.split("/")
+    )
+
+
+def _check_fields(mpath: Path, man: dict) -> None:
+    """The types of every manifest field the runtime reads, so that a damaged manifest is refused here,
+    naming the field, instead of failing later inside the model or the tokenizer."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise BundleError(f"{mpath}: {what}; the manifest is damaged, export the bundle again")
+
+    m, tok = man["model"], man["tokenizer"]
+    need(_is_int(m.get("dim"), 1), "model.dim must be a positive int")
+    for k, lo in (("num_frames", 2), ("num_points", 1)):
+        need(k not in m or _is_int(m[k], lo), f"model.{k} must be an int >= {lo}")
+    need(tok.get("kind") in ("clip", "wordpiece"), "tokenizer.kind must be 'clip' or 'wordpiece'")
+    need(_is_int(tok.get("max_length"), 2), "tokenizer.max_length must be an int >= 2")
+    for k in ("pad_id", "bos_id", "eos_id"):
+        need(_is_int(tok.get(k), 0), f"tokenizer.{k} must be an int >= 0")
+    need(_is_inner_path(tok.get("file", "tokenizer.json")), "tokenizer.file must be a path inside the bundle")
+    for rel, info in man["files"].items():
+        need(_is_inner_path(rel), f"files entry {rel!r} must be a relative path inside the bundle")
+        need(
+            isinstance(info, dict) and _is_int(info.get("bytes"), 0) and isinstance(info.get("sha256"), str),
+            f"files[{rel!r}] must give bytes (int) and sha256 (str)",
+        )
+    for role, rel in man["graphs"].items():
+        need(_is_inner_path(rel), f"graphs.{role} {rel!r} must be a relative path inside the bundle")
+    ext = man.get("external_initializers", {})
+    need(isinstance(ext, dict), "external_initializers must be an object")
+    for graph, e in ext.items():
+        need(
+            isinstance(e, dict)
+            and all(isinstance(e.get(k), str) for k in ("package", "module", "path", "sha256"))
+            and _is_inner_path(e["path"])
+            and isinstance(e.get("names"), dict)
+            and all(isinstance(v, str) for v in e["names"].values()),
+            f"external_initializers[{graph!r}] must give package, module, path, sha256 and names",
+        )
+
+
 def _package_file(ext: dict) -> Path:
-    spec = importlib.util.find_spec(ext["module"])
+    try:
+        spec = importlib.util.find_spec(ext["module"])
+    except (ImportError, ValueError):  # a dotted name whose parent is missing, or an empty name
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"this bundle needs weights from the package {ext['package']}: "

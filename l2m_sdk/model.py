@@ -101,7 +101,10 @@ class Model:
         except Exception as e:
             self.close()
             if "onnxruntime" in type(e).__module__:
-                raise BundleError(f"bundle {b.path}: ONNX Runtime could not load a graph ({e})") from e
+                raise BundleError(
+                    f"bundle file {b.file(role)}: ONNX Runtime could not load this graph ({e}); "
+                    "the bundle is corrupt or was written by another exporter, export it again"
+                ) from e
             raise
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -196,6 +199,7 @@ class Model:
             initial_points = default_initial_points(self.num_points)
         p0 = V.points(initial_points, z.shape[0])
         times = np.linspace(0.0, 1.0, T, dtype=np.float32)
+        z = np.ascontiguousarray(z, dtype=np.float32)  # the graph takes float32 only
         out = self._run("motion_decoder", {"embedding": z, "initial_points": p0, "times": times})
         out[:, 0] = p0  # the graph already gives frame 0 == p0 exactly; make it a contract
         return out
@@ -223,7 +227,8 @@ class Model:
         e = np.atleast_2d(e)
         if temperature > 0:
             rng = np.random.default_rng(seed)
-            noise = rng.standard_normal(e.shape).astype(np.float32) / np.sqrt(self.dim)
+            # float32 throughout: a float64 scalar here would promote e to float64, which the graph refuses
+            noise = rng.standard_normal(e.shape).astype(np.float32) / np.float32(np.sqrt(self.dim))
             e = e + temperature * noise
             e /= np.linalg.norm(e, axis=1, keepdims=True)
         traj = self._decode(e, initial_points, num_frames)
@@ -248,7 +253,8 @@ class Model:
         """Top-k of a gallery by cosine. query: text, list of texts, embeddings or trajectories;
         gallery: (M, D) embeddings or (M, T, N, 2) trajectories. Returns (indices, scores), each (k,)
         for a single query or (Q, k), best first; k is capped at M."""
-        single = isinstance(query, str) or (not isinstance(query, (list, tuple)) and np.ndim(query) in (1, 3))
+        texts = isinstance(query, (list, tuple)) and query and isinstance(query[0], str)
+        single = isinstance(query, str) or (not texts and np.ndim(query) in (1, 3))
         q = self._as_embeddings(query, "query")
         g = self._as_embeddings(gallery, "gallery")
         k = V.integer(k, "k", 1, 1 << 31)
@@ -285,8 +291,10 @@ class Model:
         eb = self._as_embeddings(b, "b")
         if ea.shape[0] != eb.shape[0]:
             raise ValueError(f"a and b must have the same batch size, got {ea.shape[0]} and {eb.shape[0]}")
-        t = V._as_float_array(alphas, "alphas").reshape(-1).astype(np.float32)
-        V._finite(t, "alphas")
+        t = V._as_float_array(alphas, "alphas").reshape(-1).astype(np.float64)
+        if t.size == 0 or not np.isfinite(t).all() or t.min() < 0.0 or t.max() > 1.0:
+            raise ValueError(f"alphas must be one or more numbers in [0, 1], got {np.asarray(alphas)!r}")
+        t = t.astype(np.float32)
         out = _slerp(ea, eb, t)  # (K, B, D)
         return out[:, 0] if ea.shape[0] == 1 else out
 
@@ -294,6 +302,11 @@ class Model:
         """Latent arithmetic a - b + c on the sphere, e.g. edit(walk_left_motion, "walking left",
         "walking right"). Each argument is text, embedding or trajectory; returns (D,) or (B, D)."""
         ea, eb, ec = (self._as_embeddings(x, n) for x, n in ((a, "a"), (b, "b"), (c, "c")))
+        if len({ea.shape[0], eb.shape[0], ec.shape[0]} - {1}) > 1:
+            raise ValueError(
+                f"a, b and c must have the same batch size (or 1), got {ea.shape[0]}, {eb.shape[0]}, "
+                f"{ec.shape[0]}"
+            )
         out = ea - eb + ec
         n = np.linalg.norm(out, axis=1, keepdims=True)
         if (n < 1e-6).any():
