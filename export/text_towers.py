@@ -217,12 +217,20 @@ def load_clip(arch: str, source: str | None = None):
         model = open_clip.create_model(arch, pretrained=None)
         state = _read_checkpoint(source)
         model.load_state_dict(state)
+    elif source and (os.sep in source or source.endswith(_CHECKPOINT_SUFFIXES)):
+        raise FileNotFoundError(
+            f"CLIP checkpoint {source!r} not found; give an existing {'/'.join(_CHECKPOINT_SUFFIXES)} "
+            "file or an open_clip pretrained tag"
+        )
     elif source:
         model = open_clip.create_model(arch, pretrained=source)
     else:
         model = open_clip.create_model(arch, pretrained=None)
     model.eval().requires_grad_(False)
     return ClipTextTower(model).eval(), ClipImageTower(model).eval(), open_clip.get_tokenizer(arch)
+
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
 def _read_checkpoint(path: str) -> dict:

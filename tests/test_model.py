@@ -1,0 +1,191 @@
+"""Motion encoder / decoders / text adapter: any N and T, frame 0 exact, point-order invariance.
+
+Inputs are fresh random trajectories each run (seed printed). Parameters are perturbed away from their
+initialisation first: several layers start at zero (the decoder's affine head, the adapter's output),
+which would make "frame 0 is exact" or "adapter is the identity" true for the wrong reason.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from export.model import L2M, ARDecoder, ModelConfig, MotionDecoder, MotionEncoder, TextAdapter
+
+NS = (1, 7, 64, 256)
+TS = (16, 30, 60)
+SMALL = dict(dim=24, width=32, enc_layers=1, dec_layers=1, heads=2, ff=64, point_hidden=16, adapter_hidden=32)
+# Point-order invariance: mean pooling sums the N point features in a different order after a
+# permutation (max pooling is exact), so float32 rounding (~1e-7 relative per add) propagates through
+# the encoder; 1e-5 on unit-vector components leaves ~50x margin over the measured worst case.
+PERM_TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny ops: one thread avoids waiting on a second, busy core (the machine trains in the background)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def seed():
+    s = time.time_ns() % 2**31
+    print(f"seed = {s}")
+    torch.manual_seed(s)
+    return s
+
+
+def _perturbed(module: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return module.eval()
+
+
+def _random_traj(B: int, T: int, N: int) -> torch.Tensor:
+    """(B, T, N, 2): a random layout moved by a random walk plus per-point jitter, roughly in [-1, 1]."""
+    init = torch.rand(B, 1, N, 2) * 1.2 - 0.6
+    walk = torch.cumsum(torch.randn(B, T, 1, 2) * 0.03, 1)
+    jitter = torch.randn(B, T, N, 2) * 0.01
+    traj = init + walk - walk[:, :1] + jitter - jitter[:, :1]
+    return traj.float()
+
+
+@pytest.mark.parametrize("N", NS)
+@pytest.mark.parametrize("T", TS)
+def test_encoder_any_n_and_t(seed, N, T):
+    cfg = ModelConfig(**SMALL)
+    enc = _perturbed(MotionEncoder(cfg))
+    with torch.no_grad():
+        z = enc(_random_traj(3, T, N))
+    assert z.shape == (3, cfg.dim)
+    assert torch.isfinite(z).all()
+    norms = z.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5), norms
+
+
+@pytest.mark.parametrize("decoder", ["nar", "ar"])
+@pytest.mark.parametrize("N", NS)
+@pytest.mark.parametrize("T", TS)
+def test_decoder_any_n_and_t_frame0_exact(seed, decoder, N, T):
+    cfg = ModelConfig(**SMALL, decoder=decoder)
+    dec = _perturbed(MotionDecoder(cfg) if decoder == "nar" else ARDecoder(cfg))
+    z = torch.nn.functional.normalize(torch.randn(3, cfg.dim), dim=-1)
+    init = _random_traj(3, 1, N)[:, 0]
+    with torch.no_grad():
+        out = dec(z, init, L2M.times(T))
+    assert out.shape == (3, T, N, 2)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[:, 0], init), (out[:, 0] - init).abs().max()
+    # the perturbed decoder really moves the points (otherwise frame-0 exactness is vacuous)
+    assert (out[:, -1] - init).abs().max() > 1e-4
+
+
+def test_default_config_shapes_and_frame0(seed):
+    cfg = ModelConfig()
+    model = _perturbed(L2M(cfg))
+    for N, T in ((64, 30), (256, 60), (1, 16)):
+        traj = _random_traj(2, T, N)
+        with torch.no_grad():
+            z = model.encoder(traj)
+            out = model.decoder(z, traj[:, 0], L2M.times(T))
+        assert z.shape == (2, 384)
+        assert torch.allclose(z.norm(dim=-1), torch.ones(2), atol=1e-5)
+        assert out.shape == (2, T, N, 2) and torch.isfinite(out).all()
+        assert torch.equal(out[:, 0], traj[:, 0])
+
+
+@pytest.mark.parametrize("cfg_kw", [SMALL, {}], ids=["small", "default"])
+def test_encoder_invariant_to_point_order(seed, cfg_kw):
+    enc = _perturbed(MotionEncoder(ModelConfig(**cfg_kw)))
+    worst = 0.0
+    for N in (7, 64, 256):
+        traj = _random_traj(2, 30, N)
+        perm = torch.randperm(N)
+        with torch.no_grad():
+            a, b = enc(traj), enc(traj[:, :, perm])
+        worst = max(worst, float((a - b).abs().max()))
+    print(f"encoder permutation max |diff| = {worst:.3g} (tolerance {PERM_TOL})")
+    assert worst <= PERM_TOL
+    # and it is not invariant to things it should see: the points' relative motion
+    other = traj.clone()
+    other[:, :, : N // 2] = traj[:, :1, : N // 2]  # half the points stay where they started
+    with torch.no_grad():
+        assert float((enc(other) - a).abs().max()) > 100 * PERM_TOL
+
+
+@pytest.mark.parametrize("decoder", ["nar", "ar"])
+def test_decoder_equivariant_to_point_order(seed, decoder):
+    """Permuting the initial points permutes the output the same way (points are decoded independently
+    given the layout's centroid and spread). Same float32 summation-order tolerance as the encoder."""
+    cfg = ModelConfig(**SMALL, decoder=decoder)
+    dec = _perturbed(MotionDecoder(cfg) if decoder == "nar" else ARDecoder(cfg))
+    z = torch.nn.functional.normalize(torch.randn(2, cfg.dim), dim=-1)
+    init = _random_traj(2, 1, 64)[:, 0]
+    perm = torch.randperm(64)
+    with torch.no_grad():
+        a = dec(z, init, L2M.times(30))[:, :, perm]
+        b = dec(z, init[:, perm], L2M.times(30))
+    diff = float((a - b).abs().max())
+    print(f"{decoder} decoder permutation max |diff| = {diff:.3g}")
+    assert diff <= PERM_TOL
+
+
+def test_batch_items_are_independent(seed):
+    """An item's embedding and generation do not depend on the rest of the batch. Tolerance: batched vs
+    single matmuls may block the reductions differently (float32 rounding)."""
+    model = _perturbed(L2M(ModelConfig(**SMALL)))
+    traj = _random_traj(4, 30, 16)
+    with torch.no_grad():
+        z = model.encoder(traj)
+        z1 = model.encoder(traj[2:3])
+        out = model.decoder(z, traj[:, 0], L2M.times(30))
+        out1 = model.decoder(z[2:3], traj[2:3, 0], L2M.times(30))
+    assert float((z[2:3] - z1).abs().max()) <= 1e-5
+    assert float((out[2:3] - out1).abs().max()) <= 1e-5
+
+
+def test_decoder_depends_on_latent(seed):
+    cfg = ModelConfig(**SMALL)
+    dec = _perturbed(MotionDecoder(cfg))
+    init = _random_traj(1, 1, 16)[:, 0].expand(2, -1, -1)
+    z = torch.nn.functional.normalize(torch.randn(2, cfg.dim), dim=-1)
+    with torch.no_grad():
+        out = dec(z, init, L2M.times(30))
+    assert float((out[0] - out[1]).abs().max()) > 1e-4
+
+
+def test_ar_decoder_selectable_and_config_roundtrip():
+    assert isinstance(L2M(ModelConfig(**SMALL, decoder="ar")).decoder, ARDecoder)
+    assert isinstance(L2M(ModelConfig(**SMALL)).decoder, MotionDecoder)
+    with pytest.raises(ValueError, match="nar"):
+        L2M(ModelConfig(**SMALL, decoder="mlp"))
+    cfg = ModelConfig(**SMALL, decoder="ar")
+    d = cfg.to_dict()
+    assert ModelConfig.from_dict({**d, "unknown_future_key": 1}) == cfg
+
+
+def test_text_adapter_starts_as_identity(seed):
+    cfg = ModelConfig(**SMALL)
+    adapter = TextAdapter(cfg).eval()
+    e = torch.nn.functional.normalize(torch.randn(5, cfg.dim), dim=-1)
+    with torch.no_grad():
+        out = adapter(e)
+        # unit in, unit out: only renormalisation rounding (float32) separates them
+        assert float((out - e).abs().max()) <= 1e-6
+        moved = _perturbed(adapter)(e)
+    assert torch.allclose(moved.norm(dim=-1), torch.ones(5), atol=1e-5)
+    assert float((moved - e).abs().max()) > 1e-4
+
+
+def test_times_span_unit_interval():
+    for T in (1, 2, 30):
+        t = L2M.times(T)
+        assert t.shape == (T,) and float(t[0]) == 0.0
+        if T > 1:
+            assert float(t[-1]) == 1.0 and bool((t[1:] > t[:-1]).all())
