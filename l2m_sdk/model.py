@@ -314,13 +314,20 @@ class Model:
         out = (out / n).astype(np.float32)
         return out[0] if out.shape[0] == 1 else out
 
-    def style_transfer(self, motion, style_text: str, strength: float = 0.5) -> np.ndarray:
+    def style_transfer(self, motion, style_text: str | list[str], strength: float = 0.5) -> np.ndarray:
         """Keep a motion's layout (its frame-0 points) and timing (its T), move its latent toward a
-        style text by `strength` in [0, 1] along the sphere, and decode. (T, N, 2) -> (T, N, 2)."""
+        style text by `strength` in [0, 1] along the sphere, and decode. (T, N, 2) -> (T, N, 2);
+        (B, T, N, 2) with one style str, or a list of B styles (one per motion) -> (B, T, N, 2)."""
         traj, single = V.trajectories(motion, "motion")
         strength = V.real(strength, "strength", 0.0, 1.0)
+        s = np.atleast_2d(self.encode_text(style_text))
+        if s.shape[0] not in (1, traj.shape[0]):
+            raise ValueError(
+                f"style_text has {s.shape[0]} styles for {traj.shape[0]} motions; pass one str or a list of "
+                f"{traj.shape[0]}"
+            )
         z = self.encode_motion(traj)
-        s = np.broadcast_to(np.atleast_2d(self.encode_text(style_text)), z.shape)
+        s = np.broadcast_to(s, z.shape)
         zs = _slerp(z, np.ascontiguousarray(s), np.array([strength], np.float32))[0]
         out = self._decode(zs, traj[:, 0], traj.shape[1])
         return out[0] if single else out

@@ -237,6 +237,11 @@ def test_interpolate_edit_style_transfer(default_model, rng, random_trajectories
     assert np.array_equal(out[0], motion[0, 0])
     outb = m.style_transfer(motion, "zigzag", strength=0.3)
     assert outb.shape == motion.shape and np.array_equal(outb[:, 0], motion[:, 0])
+    per = m.style_transfer(motion, ["zigzag", "spiral"], strength=0.3)  # one style per motion
+    np.testing.assert_allclose(per[0], outb[0], atol=1e-5)
+    assert per.shape == motion.shape and np.array_equal(per[:, 0], motion[:, 0])
+    with pytest.raises(ValueError, match="3 styles for 2 motions"):
+        m.style_transfer(motion, ["zigzag", "spiral", "wave"])
     # strength 0 keeps the motion's own latent: a plain re-decode of it
     np.testing.assert_allclose(
         m.style_transfer(motion[0], "zigzag", 0.0),
