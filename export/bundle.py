@@ -34,6 +34,19 @@ from l2m_sdk.bundle import FORMAT_VERSION, sha256_file
 log = logging.getLogger("l2m.export")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (Linux renameat2 with RENAME_EXCHANGE). False where the C library
+    or the file system does not support it; the caller then falls back to two renames."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def write_bundle(
     weights: str | Path,
     out: str | Path,
@@ -101,13 +114,19 @@ def write_bundle(
             "metrics": metrics or {},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if out.exists():
+        if not out.exists():
+            tmp.rename(out)
+        elif _exchange(tmp, out):  # one atomic step: the target holds the old bundle or the new one
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old bundle
+        else:  # no renameat2 here: two renames, and the old bundle goes back if the second fails
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                old.rename(out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
