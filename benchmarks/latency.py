@@ -20,7 +20,6 @@ Writes latency.md, latency.json and latency.png to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -70,33 +69,6 @@ def stats(ts: np.ndarray) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def not_available(threads: int) -> list[dict]:
-    """GPU rows: the reason from l2m_sdk.backends.choose_backend, or the probe's own reason."""
-    from l2m_sdk.backends import choose_backend
-
-    manifest = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
-    rows = []
-    for label, backend, device in (("ORT CUDA", "ort", "cuda"), ("TensorRT", "trt", "cuda")):
-        try:
-            choice = choose_backend(backend, device, DEFAULT_BUNDLE, manifest)
-            rows.append({"backend": label, "available": True, "reason": choice.reason})
-        except (RuntimeError, ValueError) as e:
-            rows.append({"backend": label, "available": False, "reason": str(e)})
-    import torch
-
-    ok = torch.cuda.is_available()
-    rows.append(
-        {
-            "backend": "torch CUDA reference",
-            "available": ok,
-            "reason": "CUDA device present (not measured by this harness yet)"
-            if ok
-            else "torch sees no CUDA device",
-        }
-    )
-    return rows
-
-
 def ids_of_length(model, tokens: int) -> dict:
     """Feeds for the text graph with exactly `tokens` tokens (bos + words + eos), batch 1."""
     words = " ".join(["motion"] * (tokens * 2))
@@ -515,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     del ref
     for m in contenders.values():
         m.close()
-    b.step("side by side")
+    out["session_variants"] = session_variants(args.bundle, args.threads, 100 if args.quick else 400)
+    b.step("side by side, session options")
     dm.close()
     reps = 1 if args.quick else 3
     cold = {}
@@ -533,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     out["cold_start"] = cold
     b.step("cold start reference")
     out["imports"] = startup.import_times(1 if args.quick else 5)
-    out["not_available"] = not_available(args.threads)
+    out["not_available"] = startup.not_available(DEFAULT_BUNDLE)
     b.step("imports, GPU rows")
     out["acceptance"] = R.acceptance(out)
     out["elapsed_s"] = time.time() - t_start
@@ -547,3 +520,64 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def session_variants(bundle_dir: Path, threads: int, repeats: int) -> dict:
+    """generate(PROMPT_12) on raw ONNX Runtime sessions of the default bundle under other session
+    options than the SDK's (which uses `threads` intra-op threads with spinning off), calls interleaved:
+    which runtime settings would move p50 / p99. Results are checked equal to the SDK's first."""
+    import onnxruntime as ort
+
+    import l2m_sdk
+    from l2m_sdk.bundle import load_bundle
+    from l2m_sdk.model import default_initial_points
+
+    b = load_bundle(bundle_dir)
+    sdk = l2m_sdk.load(b, backend="ort", device="cpu", threads=threads, cache_size=0)
+    feeds, _ = _stage_feeds(sdk, PROMPT_12)
+    dfeeds = {
+        "initial_points": default_initial_points(sdk.num_points)[None],
+        "times": np.linspace(0, 1, sdk.num_frames, dtype=np.float32),
+    }
+
+    def make(n: int, spin: bool):
+        sess, keep = {}, []
+        for role in ("text", "motion_decoder"):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = n
+            so.inter_op_num_threads = 1
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            ext = b.external.get(b.file(role).name)
+            if ext:
+                vals = [ort.OrtValue.ortvalue_from_numpy(a) for a in ext.values()]
+                keep += vals
+                so.add_external_initializers(list(ext), vals)
+            sess[role] = ort.InferenceSession(str(b.file(role)), so, providers=["CPUExecutionProvider"])
+
+        def run(sess=sess, keep=keep):
+            e = sess["text"].run(None, feeds)[0]
+            return sess["motion_decoder"].run(None, {"embedding": e, **dfeeds})[0]
+
+        return run
+
+    calls = {
+        "SDK as shipped (l2m_sdk.load)": lambda: sdk.generate(PROMPT_12),
+        f"{threads} threads, spinning off (= SDK)": make(threads, False),
+        f"{threads} threads, spinning on": make(threads, True),
+        "1 thread": make(1, False),
+    }
+    want = sdk.generate(PROMPT_12)
+    for k, f in calls.items():
+        got = np.asarray(f())
+        d = float(np.abs(got.reshape(want.shape) - want).max())
+        if d > ATOL_F32:
+            raise RuntimeError(f"session variant {k!r} differs from the SDK by {d}")
+    ts = {k: [] for k in calls}
+    names = list(calls)
+    for i in range(repeats):
+        for k in names[i % len(names) :] + names[: i % len(names)]:
+            t0 = time.perf_counter()
+            calls[k]()
+            ts[k].append(time.perf_counter() - t0)
+    sdk.close()
+    return {k: stats(np.array(v)) for k, v in ts.items()}

@@ -127,6 +127,19 @@ def markdown(out: dict) -> str:
             L.append(
                 f"| {k} | {st['p50']:.2f} / {st['p90']:.2f} / {st['p99']:.2f} | {ref / st['p50']:.1f}x |"
             )
+    sv = out.get("session_variants")
+    if sv:
+        L += [
+            "",
+            "## Default bundle generate (12-token prompt) under other ONNX Runtime session options",
+            "",
+            "Text + decoder sessions built directly with each option, calls interleaved (ms).",
+            "",
+            "| sessions | min | p50 | p90 | p99 |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for k, st in sv.items():
+            L.append(f"| {k} | {st['min']:.2f} | {st['p50']:.2f} | {st['p90']:.2f} | {st['p99']:.2f} |")
     L += [
         "",
         "## Throughput, motion encoding, start-up",

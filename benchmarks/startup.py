@@ -1,5 +1,5 @@
 """Start-up costs, each measured in a fresh interpreter: import times, cold start (import + load + first
-call) and the peak resident memory of that process.
+call) and the peak resident memory of that process. Also the GPU backends' availability probe.
 
 Peak memory is VmHWM from /proc/self/status, not getrusage's ru_maxrss: Linux carries ru_maxrss across
 exec, so a child started by a large parent (this benchmark) would report the parent's peak.
@@ -118,3 +118,30 @@ def import_times(repeats: int) -> dict:
     if rows:
         out["import l2m_sdk (-X importtime, cumulative)"] = int(rows[-1][1]) / 1e6
     return out
+
+
+def not_available(bundle: Path) -> list[dict]:
+    """GPU rows: the reason from l2m_sdk.backends.choose_backend, or the probe's own reason."""
+    from l2m_sdk.backends import choose_backend
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    rows = []
+    for label, backend, device in (("ORT CUDA", "ort", "cuda"), ("TensorRT", "trt", "cuda")):
+        try:
+            choice = choose_backend(backend, device, bundle, manifest)
+            rows.append({"backend": label, "available": True, "reason": choice.reason})
+        except (RuntimeError, ValueError) as e:
+            rows.append({"backend": label, "available": False, "reason": str(e)})
+    import torch
+
+    ok = torch.cuda.is_available()
+    rows.append(
+        {
+            "backend": "torch CUDA reference",
+            "available": ok,
+            "reason": "CUDA device present (not measured by this harness yet)"
+            if ok
+            else "torch sees no CUDA device",
+        }
+    )
+    return rows

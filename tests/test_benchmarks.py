@@ -15,6 +15,7 @@ from benchmarks import bench_setup as S  # noqa: E402
 from benchmarks import flops as F  # noqa: E402
 from benchmarks import latency as LT  # noqa: E402
 from benchmarks import latency_report as R  # noqa: E402
+from benchmarks import startup  # noqa: E402
 
 
 @pytest.fixture
@@ -138,7 +139,7 @@ def test_harness_rows_checks_and_tables(tmp_path, rng):
     out["gemm"] = F.gemm_rates(1, 64, 2)
     out["settings"] = {"quick": True, "threads": 1, "bundle": "default", "prompt_12": LT.PROMPT_12}
     out["cold_start"] = {}
-    out["not_available"] = LT.not_available(1)
+    out["not_available"] = startup.not_available(LT.DEFAULT_BUNDLE)
     out["elapsed_s"] = 1.0
     out["acceptance"] = R.acceptance(out)
     assert any("p99" in a["what"] for a in out["acceptance"])
@@ -156,8 +157,6 @@ def test_harness_rows_checks_and_tables(tmp_path, rng):
 def test_cold_start_subprocess_reports_its_own_memory():
     """The fresh-interpreter measurement returns every stage and a peak RSS of its own (VmHWM), not the
     parent's inherited ru_maxrss."""
-    from benchmarks import startup
-
     bundle = Path(LT.DEFAULT_BUNDLE)
     import resource
 
