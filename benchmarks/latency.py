@@ -20,6 +20,7 @@ Writes latency.md, latency.json and latency.png to --out.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -433,11 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     out = b.out
     t_start = time.time()
     out["machine"] = F.machine(args.threads)
+    man = json.loads((args.bundle / "manifest.json").read_text())
     out["settings"] = {
         "quick": args.quick,
         "threads": args.threads,
         "bundle": str(args.bundle),
         "prompt_12": PROMPT_12,
+        "bundle_created": man.get("created"),
+        "bundle_weights_sha256": man["files"].get("model.safetensors", {}).get("sha256"),
     }
     out["gemm"] = F.gemm_rates(args.threads, 1024, 5 if args.quick else 20)
     b.step("GEMM rate")

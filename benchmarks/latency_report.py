@@ -92,6 +92,8 @@ def markdown(out: dict) -> str:
         f"copy {g['copy_gbps']:.1f} GB/s. FLOPs count matrix products only, from the configs "
         "(benchmarks/flops.py).",
         "",
+        f"Default bundle: {out['settings']['bundle']} (created {out['settings'].get('bundle_created')}).",
+        "",
         "CLIP ViT-B-32 rows use **random weights** (pretrained CLIP cannot be fetched here; timing does not "
         "depend on the values). The reference is the paper-style pipeline in torch eager: open_clip tokens "
         "padded to 77, the autoregressive decoder at d=512 (30 sequential steps), matplotlib rendering. "
