@@ -62,6 +62,7 @@ def write_bundle(
     enc = text_encoder or TextEncoder(spec)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private (0700); the bundle it becomes is read by other users
     try:
         shutil.copyfile(weights, tmp / "model.safetensors")
         st = tmp / "model.safetensors"

@@ -352,6 +352,7 @@ def test_write_replaces_old_bundle_leaving_nothing_else(writer, tiny_minilm, tmp
     write(out, "second")
     assert [p.name for p in tmp_path.iterdir()] == ["motion"]
     assert load_bundle(out).name == "second"
+    assert out.stat().st_mode & 0o055 == 0o055, "the bundle directory is not readable by others"
     with l2m_sdk.load(out, backend="ort", device="cpu") as m:
         assert m.generate("a ball bouncing", num_frames=4).shape == (4, m.num_points, 2)
 
