@@ -16,8 +16,9 @@ non-contiguous, Fortran-ordered, read-only and broadcast views, nested lists; se
 num_frames, k, alphas and strengths of every type and range. Each call goes at random to the Model or
 to the module-level function (the default model is the same loaded Model), so both layers are covered.
 
-About 10,500 cases run per session (`derandomize=False`: fresh ones every run); the last test prints the
-count per function. Arrays stay small (at most a few hundred numbers) and prompts mostly come from a
+In half of the examples every argument is drawn valid (one shared draw decides, `either`), in the other
+half anything goes, so both outcomes are common (about half the calls return). About 10,500 cases run
+per session (`derandomize=False`: fresh ones every run); the last test prints the count per function. Arrays stay small (at most a few hundred numbers) and prompts mostly come from a
 small pool the text cache holds, so the suite takes about a minute.
 """
 
@@ -211,18 +212,20 @@ def _fill(rng: np.random.Generator, shape: tuple, dtype, values: str) -> np.ndar
     return np.zeros(shape, dt)  # datetime64
 
 
+ANY_DTYPE = st.sampled_from(FLOATS) | st.sampled_from(FLOATS) | st.sampled_from(INTS) | st.just(np.bool_)
+ANY_DTYPE = ANY_DTYPE | st.sampled_from(BAD_DTYPES)
+ANY_VALUES = st.sampled_from(["unit", "unit", "unit", "wide", "special", "zero", "extreme"])
+# Valid by the documentation (given a valid shape): real dtypes, values within normalised range
+GOOD_DTYPE = st.sampled_from([np.float32, np.float32, np.float64, np.float16, np.int8, np.int64, np.bool_])
+GOOD_VALUES = st.sampled_from(["unit", "unit", "wide"])
+
+
 @st.composite
-def arrays(draw, shape_st):
-    """A numeric-looking input: an ndarray of any dtype and layout (or nested lists) of a drawn shape."""
+def arrays(draw, shape_st, dtype_st=ANY_DTYPE, values_st=ANY_VALUES):
+    """A numeric-looking input: an ndarray of a drawn dtype and layout (or nested lists) and shape."""
     shape = draw(shape_st)
-    dtype = draw(
-        st.sampled_from(FLOATS)
-        | st.sampled_from(FLOATS)
-        | st.sampled_from(INTS)
-        | st.just(np.bool_)
-        | st.sampled_from(BAD_DTYPES)
-    )
-    values = draw(st.sampled_from(["unit", "unit", "unit", "wide", "special", "zero", "extreme"]))
+    dtype = draw(dtype_st)
+    values = draw(values_st)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     a = _fill(rng, shape, dtype, values)
     layout = draw(
@@ -246,28 +249,48 @@ def _dims(lo: int, hi: int) -> st.SearchStrategy[int]:
     return st.integers(lo, hi)
 
 
-traj_shapes = st.one_of(
+good_traj_shapes = st.one_of(
     st.tuples(_dims(2, 7), _dims(1, 5), st.just(2)),  # (T, N, 2), valid sizes
     st.tuples(_dims(1, 2), _dims(2, 6), _dims(1, 4), st.just(2)),  # (B, T, N, 2)
+)
+good_emb_shapes = st.just((D,)) | st.tuples(_dims(1, 3), st.just(D))
+good_point_shapes = st.tuples(_dims(1, 6), st.just(2))
+traj_shapes = st.one_of(
+    good_traj_shapes,
     st.tuples(_dims(0, 3), _dims(0, 3), _dims(0, 3)),  # any small 3-d
     st.tuples(_dims(0, 2), _dims(0, 3), _dims(0, 3), _dims(1, 3)),  # any small 4-d
     st.lists(_dims(0, 3), max_size=5).map(tuple),  # any rank
 )
 emb_shapes = st.one_of(
-    st.just((D,)),
-    st.tuples(_dims(1, 3), st.just(D)),
+    good_emb_shapes,
     st.tuples(_dims(0, 1), st.just(D)),
     st.sampled_from([(D - 1,), (D + 1,), (2, D, 1), (), (0,), (1, 2)]),
 )
 point_shapes = st.one_of(
-    st.tuples(_dims(1, 6), st.just(2)),
+    good_point_shapes,
     st.tuples(_dims(1, 3), _dims(1, 5), st.just(2)),
     st.tuples(_dims(0, 3), _dims(0, 3)),
     st.lists(_dims(0, 3), max_size=4).map(tuple),
 )
-traj_arg = arrays(traj_shapes) | junk
-emb_arg = arrays(emb_shapes) | junk
-points_arg = st.none() | st.none() | arrays(point_shapes) | junk
+# About half of each argument's draws are valid (good dtype, values and shape, any layout); the rest
+# are anything at all.
+good_traj = arrays(good_traj_shapes, GOOD_DTYPE, GOOD_VALUES)
+good_emb = arrays(good_emb_shapes, GOOD_DTYPE, GOOD_VALUES)
+good_points = arrays(good_point_shapes, GOOD_DTYPE, st.just("unit"))
+traj_arg = good_traj | good_traj | arrays(traj_shapes) | junk
+emb_arg = good_emb | good_emb | arrays(emb_shapes) | junk
+points_arg = st.none() | good_points | arrays(point_shapes) | junk
+VALID = st.shared(st.booleans(), key="valid")
+
+
+def either(good: st.SearchStrategy, anything: st.SearchStrategy) -> st.SearchStrategy:
+    """`good` (valid by the documentation) in half of the examples, for every argument of the example at
+    once (one shared draw decides), `anything` in the other half: so that both outcomes are common."""
+    return VALID.flatmap(lambda ok: good if ok else anything)
+
+
+good_single = st.sampled_from(POOL) | arrays(good_traj_shapes.filter(lambda s: len(s) == 3), GOOD_DTYPE)
+good_single = good_single | arrays(st.just((D,)), GOOD_DTYPE, GOOD_VALUES)
 
 
 def _arr(x) -> np.ndarray | None:
@@ -395,11 +418,14 @@ def test_encode_text(model, text, mod):
 
 @settings(max_examples=EXPECTED["generate"], **SETTINGS)
 @given(
-    text=st.one_of(cheap_text, st.lists(st.sampled_from(POOL), min_size=1, max_size=3), text_arg),
-    initial_points=points_arg,
-    num_frames=st.none() | st.integers(2, 9) | int_arg,
-    seed=st.none() | int_arg,
-    temperature=st.just(0.0) | real_arg,
+    text=either(
+        st.sampled_from(POOL) | st.lists(st.sampled_from(POOL), min_size=1, max_size=3) | short_text,
+        st.one_of(cheap_text, st.lists(st.sampled_from(POOL), min_size=1, max_size=3), text_arg),
+    ),
+    initial_points=either(st.none() | good_points, points_arg),
+    num_frames=either(st.none() | st.integers(2, 9), st.none() | st.integers(2, 9) | int_arg),
+    seed=either(st.none() | st.integers(0, 2**63 - 1), st.none() | int_arg),
+    temperature=either(st.just(0.0) | st.floats(0, 10) | st.just(np.float32(0.3)), st.just(0.0) | real_arg),
     mod=st.booleans(),
 )
 def test_generate(model, text, initial_points, num_frames, seed, temperature, mod):
@@ -442,9 +468,9 @@ def test_encode_motion(model, traj, mod):
 
 @settings(max_examples=EXPECTED["decode"], **SETTINGS)
 @given(
-    emb=emb_arg,
-    initial_points=points_arg,
-    num_frames=st.none() | st.integers(2, 9) | int_arg,
+    emb=either(good_emb, emb_arg),
+    initial_points=either(st.none() | good_points, points_arg),
+    num_frames=either(st.none() | st.integers(2, 9), st.none() | st.integers(2, 9) | int_arg),
     mod=st.booleans(),
 )
 def test_decode(model, emb, initial_points, num_frames, mod):
@@ -463,9 +489,9 @@ def test_decode(model, emb, initial_points, num_frames, mod):
 
 @settings(max_examples=EXPECTED["search"], **SETTINGS)
 @given(
-    query=latent_arg | junk,
-    gallery=emb_arg | traj_arg | latent_arg,
-    k=st.integers(1, 6) | int_arg,
+    query=either(good_single | good_emb | good_traj, latent_arg | junk),
+    gallery=either(good_emb | good_traj, emb_arg | traj_arg | latent_arg),
+    k=either(st.integers(1, 6) | st.integers(1, 1 << 31), st.integers(1, 6) | int_arg),
     mod=st.booleans(),
 )
 def test_search(model, query, gallery, k, mod):
@@ -492,8 +518,11 @@ def test_search(model, query, gallery, k, mod):
 
 @settings(max_examples=EXPECTED["classify"], **SETTINGS)
 @given(
-    traj=traj_arg,
-    labels=st.lists(st.sampled_from(POOL), min_size=1, max_size=4) | st.sampled_from(POOL) | text_arg,
+    traj=either(good_traj, traj_arg),
+    labels=either(
+        st.lists(st.sampled_from(POOL), min_size=1, max_size=4) | st.sampled_from(POOL),
+        st.lists(st.sampled_from(POOL), min_size=1, max_size=4) | st.sampled_from(POOL) | text_arg,
+    ),
     mod=st.booleans(),
 )
 def test_classify(model, traj, labels, mod):
@@ -528,7 +557,12 @@ def alphas_ok(x) -> bool:
 
 
 @settings(max_examples=EXPECTED["interpolate"], **SETTINGS)
-@given(a=latent_arg, b=latent_arg, alphas=alphas_arg, mod=st.booleans())
+@given(
+    a=either(good_single, latent_arg),
+    b=either(good_single, latent_arg),
+    alphas=either(st.floats(0, 1) | st.lists(st.floats(0, 1), min_size=1, max_size=4), alphas_arg),
+    mod=st.booleans(),
+)
 def test_interpolate(model, a, b, alphas, mod):
     ka, kb = latent_kind(a), latent_kind(b)
     ok = ka is not None and kb is not None and alphas_ok(alphas) and batch_of(a) == batch_of(b)
@@ -541,7 +575,12 @@ def test_interpolate(model, a, b, alphas, mod):
 
 
 @settings(max_examples=EXPECTED["edit"], **SETTINGS)
-@given(a=latent_arg, b=latent_arg, c=latent_arg, mod=st.booleans())
+@given(
+    a=either(good_single, latent_arg),
+    b=either(good_single, latent_arg),
+    c=either(good_single | good_emb, latent_arg),
+    mod=st.booleans(),
+)
 def test_edit(model, a, b, c, mod):
     kinds = [latent_kind(x) for x in (a, b, c)]
     ok = all(k is not None for k in kinds)
@@ -562,7 +601,12 @@ def test_edit(model, a, b, c, mod):
 
 
 @settings(max_examples=EXPECTED["style_transfer"], **SETTINGS)
-@given(motion=traj_arg, style=cheap_text | junk, strength=st.floats(0, 1) | real_arg, mod=st.booleans())
+@given(
+    motion=either(good_traj, traj_arg),
+    style=either(st.sampled_from(POOL), cheap_text | junk),
+    strength=either(st.floats(0, 1), st.floats(0, 1) | real_arg),
+    mod=st.booleans(),
+)
 def test_style_transfer(model, motion, style, strength, mod):
     ok = traj_ok(motion) and text_ok(style) and real_ok(strength, 0.0, 1.0)
     out, _ = outcome("style_transfer", api(model, mod).style_transfer, motion, style, strength, expect_ok=ok)
@@ -573,15 +617,21 @@ def test_style_transfer(model, motion, style, strength, mod):
     assert np.array_equal(out[..., 0, :, :], m[..., 0, :, :].astype(np.float32)), "layout (frame 0) changed"
 
 
-size_arg = st.integers(1, 24) | st.tuples(st.integers(1, 16), st.integers(1, 16)) | int_arg | junk
+size_arg = (
+    st.integers(1, 24)
+    | st.tuples(st.integers(1, 16), st.integers(1, 16))
+    | st.integers(1, 12)
+    | int_arg
+    | junk
+)
 
 
 @settings(max_examples=EXPECTED["render"], **SETTINGS)
 @given(
-    traj=traj_arg,
-    size=size_arg,
-    colors=st.sampled_from(["both", "time", "point", "rainbow", None]),
-    background=st.sampled_from(["black", "white", (10, 20, 30), (1, 2), (300, 0, 0), None]),
+    traj=either(good_traj, traj_arg),
+    size=either(st.integers(1, 24) | st.tuples(st.integers(1, 16), st.integers(1, 16)), size_arg),
+    colors=either(st.sampled_from(["both", "time", "point"]), st.sampled_from(["both", "rainbow", None, 3])),
+    background=either(st.sampled_from(["black", "white", (10, 20, 30)]), st.sampled_from([(1, 2), None])),
     trails=st.booleans(),
 )
 def test_render(traj, size, colors, background, trails):
@@ -597,10 +647,10 @@ def test_render(traj, size, colors, background, trails):
 
 @settings(max_examples=EXPECTED["render_files"], **SETTINGS)
 @given(
-    traj=traj_arg,
-    size=st.integers(1, 12) | junk,
-    fps=real_arg,
-    step=int_arg,
+    traj=either(good_traj, traj_arg),
+    size=either(st.integers(1, 12), st.integers(1, 12) | junk),
+    fps=either(st.floats(0.5, 60), real_arg),
+    step=either(st.integers(1, 4), int_arg),
     kind=st.sampled_from(["png", "gif", "frames"]),
 )
 def test_render_files(traj, size, fps, step, kind):
