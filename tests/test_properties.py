@@ -18,8 +18,9 @@ to the module-level function (the default model is the same loaded Model), so bo
 
 In half of the examples every argument is drawn valid (one shared draw decides, `either`), in the other
 half anything goes, so both outcomes are common (about half the calls return). About 10,500 cases run
-per session (`derandomize=False`: fresh ones every run); the last test prints the count per function. Arrays stay small (at most a few hundred numbers) and prompts mostly come from a
-small pool the text cache holds, so the suite takes about a minute.
+per session (`derandomize=False`: fresh ones every run); the last test prints the count per function.
+Arrays stay small (at most a few hundred numbers) and prompts mostly come from a small pool the text
+cache holds, so the suite takes about a minute.
 """
 
 from __future__ import annotations
