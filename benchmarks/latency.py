@@ -522,10 +522,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def session_variants(bundle_dir: Path, threads: int, repeats: int) -> dict:
     """generate(PROMPT_12) on raw ONNX Runtime sessions of the default bundle under other session
     options than the SDK's (which uses `threads` intra-op threads with spinning off), calls interleaved:
@@ -585,3 +581,7 @@ def session_variants(bundle_dir: Path, threads: int, repeats: int) -> dict:
             ts[k].append(time.perf_counter() - t0)
     sdk.close()
     return {k: stats(np.array(v)) for k, v in ts.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
