@@ -151,6 +151,50 @@ _OBJECTS: list[tuple[str, bool]] = [
     (o, True) for o in ("kite", "dial", "puddle", "snail", "lantern", "frisbee", "squirrel", "parcel", "moth")
 ]
 
+# A wide second object vocabulary (added for the fine-tuning stage): the motion words must decide the
+# motion, not the noun, so the model sees hundreds of nouns with every family.
+_MORE_OBJECTS = (
+    """
+ant bat bear beetle boy girl bull camel chicken cow crab crow deer dolphin dragonfly duck eagle elephant
+fox giraffe goat goose gorilla hamster hawk hedgehog jellyfish kangaroo kitten ladybug lion lizard
+monkey mouse octopus owl panda parrot penguin pig pigeon puppy seal shark sheep snake spider swan tiger
+turtle whale wolf zebra dancer skater runner swimmer player athlete soldier chef baby student bus train
+tram taxi van tractor motorcycle scooter skateboard canoe yacht submarine helicopter rocket satellite
+jet glider airship sled wagon cart stroller lamp chair table pillow blanket towel curtain bucket basket
+jar mug plate bowl spoon fork knife pan kettle clock watch phone laptop screen remote key book pen
+pencil brush paper envelope letter card ticket wallet bag backpack suitcase umbrella hat shoe glove
+scarf ribbon rope chain wire cable pipe tube hose bell drum guitar violin trumpet piano ring necklace
+marble dice puzzle doll top puppet hammer wrench saw drill ladder shovel broom magnet spring
+wheelbarrow football basketball baseball volleyball racket paddle surfboard ski banana orange lemon
+grape cherry egg cookie pizza donut carrot tomato potato pumpkin watermelon flower tree branch twig
+petal seed acorn mushroom vine snowflake raindrop droplet flame spark smoke comet meteor planet moon
+sun asteroid sponge button triangle rectangle hexagon diamond arrow dot blob logo icon sprite
+character avatar particle target marker pointer label tile brick plank log boulder pebble crystal gem
+shell bone mask helmet shield sword wand torch candle mailbox windmill propeller turbine record
+pinwheel carousel hammock chandelier buoy anchor net head face finger foot leg tail wing eye mouth
+""".split()
+    + [
+        "teddy bear",
+        "tennis ball",
+        "golf ball",
+        "hockey puck",
+        "bowling ball",
+        "pine cone",
+        "paper plane",
+        "ball of yarn",
+        "traffic cone",
+        "water bottle",
+        "soda can",
+        "group of points",
+        "set of markers",
+        "cluster of dots",
+        "spinning top",
+        "ferris wheel",
+        "wind chime",
+    ]
+)
+_OBJECTS += [(o, False) for o in dict.fromkeys(_MORE_OBJECTS) if o not in {n for n, _ in _OBJECTS}]
+
 _SLOW = [
     ("slowly", False),
     ("gently", False),

@@ -305,10 +305,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {write_card(res, args.card, args.train_cmd, eval_cmd, info)}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def write_card(
     res: dict, path: str | Path, train_cmd: str, eval_cmd: str, train_info: dict | None = None
 ) -> Path:
@@ -409,3 +405,7 @@ def write_card(
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+if __name__ == "__main__":
+    main()

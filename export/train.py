@@ -50,10 +50,17 @@ class TrainConfig:
     threads: int = 2
     model: dict = field(default_factory=dict)
     weights: dict = field(default_factory=dict)
+    init_from: str | None = None  # start from these weights (model.safetensors), fresh optimiser
 
 
 PRESETS = {
     "default": TrainConfig(),
+    # Stage 2 of the shipped model: the same objective on a new caption pool whose object vocabulary
+    # is six times wider, so that unseen nouns stop steering the motion (stage 1 alone: held-out
+    # property checks 0.63 vs 0.98 with training vocabulary).
+    "default-finetune": TrainConfig(
+        steps=1000, lr=2e-4, warmup=50, seed=1, init_from="runs/default/model.safetensors"
+    ),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
         steps=40,
@@ -138,6 +145,11 @@ def train(
     enc = TextEncoder(cfg.tower)
     mcfg = ModelConfig.from_dict({**cfg.model, "dim": enc.dim, "text_tower": cfg.tower})
     model = L2M(mcfg)
+    if cfg.init_from:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(cfg.init_from))
+        log.info("initialised from %s", cfg.init_from)
     weights = LossWeights(**cfg.weights)
     pool = CaptionPool.build(cfg.pool_size, cfg.seed)
     emb = torch.from_numpy(pool_embeddings(enc, pool, cache_dir))
