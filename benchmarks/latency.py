@@ -362,8 +362,9 @@ class Bench:
 
     # ----------------------------------------------------------------------------------- search
     def search(self, model, config: str) -> None:
-        """Model.search as users call it (it validates and renormalises the gallery on every call), and
-        its core alone (matmul + partial sort on a gallery validated once), on a planted query."""
+        """Model.search as users call it: on an Index (the gallery validated once, Model.index) and on a
+        raw array (validated and renormalised on every call); and its core alone (matmul + partial
+        sort), on a planted query."""
         rng = np.random.default_rng()
         for M in self.galleries:
             g = rng.standard_normal((M, model.dim)).astype(np.float32)
@@ -371,12 +372,17 @@ class Bench:
             j = int(rng.integers(M))
             q = g[j] + 0.05 * rng.standard_normal(model.dim).astype(np.float32)
             q /= np.linalg.norm(q)
-            idx, _ = model.search(q, g, k=5)
+            ix = model.index(g)
+            idx, _ = model.search(q, ix, k=5)
+            raw_idx, _ = model.search(q, g, k=5)
             core_idx, _ = topk(q, g, 5)
-            if int(idx[0]) != j or not np.array_equal(idx, core_idx):
-                raise RuntimeError(f"search over {M}: planted item {j}, got {idx} (core: {core_idx})")
+            if int(idx[0]) != j or not (np.array_equal(idx, core_idx) and np.array_equal(idx, raw_idx)):
+                raise RuntimeError(
+                    f"search over {M}: planted item {j}, got {idx} (raw {raw_idx}, core {core_idx})"
+                )
             self.out["checks"][f"{config}: search {M} finds planted item"] = {"ok": True}
-            api = stats(sample(lambda q=q, g=g: model.search(q, g, k=5), self.n_stage, 3))
+            api = stats(sample(lambda q=q, ix=ix: model.search(q, ix, k=5), self.n_stage, 3))
+            raw = stats(sample(lambda q=q, g=g: model.search(q, g, k=5), max(5, self.n_stage // 4), 2))
             core = stats(sample(lambda q=q, g=g: topk(q, g, 5), self.n_stage, 3))
             fl = F.search_flops(1, M, model.dim)
             self.out["search"].append(
@@ -385,6 +391,7 @@ class Bench:
                     "gallery": M,
                     "dim": model.dim,
                     "top5": api,
+                    "raw": raw,
                     "core": core,
                     "flops": fl,
                     "bytes": g.nbytes,

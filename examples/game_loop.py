@@ -86,7 +86,8 @@ def run(seconds: float, sprites: int, mode: str, seed: int) -> dict:
     screen = pygame.display.set_mode(SIZE)
     pygame.display.set_caption("l2m: sprites on generated trajectories")
     model = l2m_sdk.load("default", threads=1)
-    model.encode_text(BEHAVIOURS)  # loading screen: embed every behaviour once (cached)
+    for b in BEHAVIOURS:  # loading screen: embed every behaviour once (the cache is keyed per call)
+        model.encode_text(b)
     director = Director(model, sprites, FPS, seed)
     motion = director.generate(BEHAVIOURS[-1], director.start, seed)  # the first motion, before frame 0
 

@@ -196,7 +196,9 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        rec = {k: round(float(v), 5) for k, v in losses.items()}
+        rec = {
+            k: round(float(v.detach()) if hasattr(v, "detach") else float(v), 5) for k, v in losses.items()
+        }
         rec.update(step=step, N=n, T=T, B=b, lr=lr_at(step - 1, cfg), seconds=round(time.time() - t0, 1))
         history.append(rec)
         if bar is not None:

@@ -13,12 +13,14 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "Model",
+    "Index",
     "BundleError",
     "load",
     "generate",
     "encode_text",
     "encode_motion",
     "search",
+    "index",
     "classify",
     "decode",
     "interpolate",
@@ -76,6 +78,10 @@ def search(query, gallery, k: int = 5):
     return default_model().search(query, gallery, k)
 
 
+def index(gallery):
+    return default_model().index(gallery)
+
+
 def classify(trajectories, labels):
     return default_model().classify(trajectories, labels)
 
@@ -98,10 +104,10 @@ def style_transfer(motion, style_text, strength=0.5):
 
 def __getattr__(name):
     # Lazy names: keep `import l2m_sdk` free of onnxruntime, tokenizers and native code.
-    if name == "Model":
-        from l2m_sdk.model import Model
+    if name in ("Model", "Index"):
+        from l2m_sdk import model
 
-        return Model
+        return getattr(model, name)
     if name == "BundleError":
         from l2m_sdk.bundle import BundleError
 

@@ -8,7 +8,9 @@ import numpy as np
 
 MAX_POINTS = 4096
 MAX_FRAMES = 1024
-MAX_ABS_COORD = 1e3  # normalised coordinates are ~[-1, 1]; far beyond that is a units mistake
+# Normalised coordinates: the frame is [-1, 1]; motion may leave it, but beyond 10 frame half-widths is a
+# units mistake (pixel coordinates, typically tens to thousands), rejected rather than silently encoded.
+MAX_ABS_COORD = 10.0
 
 
 def _as_float_array(x, name: str) -> np.ndarray:

@@ -155,7 +155,10 @@ def cmd_info(args) -> int:
     model = _model(args)
     info = model.info()
     man = model.bundle.manifest
+    from l2m_sdk.backends import describe
+
     info.update(
+        selected=describe(model.choice),
         l2m_version=l2m_sdk.__version__,
         onnxruntime=onnxruntime.__version__,
         builtin_bundles=list_bundles(),
@@ -250,14 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("rest", nargs=argparse.REMAINDER)
     x.set_defaults(fn=cmd_export)
 
-    b = sub.add_parser("bench", help="latency benchmarks (python -m benchmarks.latency)")
+    b = sub.add_parser("bench", help="latency benchmarks (python -m benchmarks.latency)", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    # `bench` and `export` pass their options through to the wrapped module (argparse's REMAINDER alone
+    # does not take options that come first, as in `l2m bench --quick`).
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        if args.cmd not in ("bench", "export"):
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.rest = [*extra, *args.rest]
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

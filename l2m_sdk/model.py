@@ -6,7 +6,7 @@ initial points exactly. Embeddings are float32 unit vectors (D,) or (B, D).
 
 Threading: a Model may be called from many threads at once. ONNX Runtime sessions are thread-safe;
 the text-embedding cache takes a lock; no call mutates shared arrays. Results do not depend on which
-thread runs a call or on concurrency.
+thread runs a call, on concurrency or on the cache: they are bitwise those of serial, cache-less calls.
 """
 
 from __future__ import annotations
@@ -49,12 +49,33 @@ def _slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return out / np.linalg.norm(out, axis=-1, keepdims=True)
 
 
+class Index:
+    """A search gallery validated and normalised once (``Model.index``): float32 unit rows, read-only.
+
+    Searching a raw array re-validates it (finite, non-zero, renormalised in float64) on every call, which
+    costs far more than the search itself on a large library; an Index pays that once."""
+
+    __slots__ = ("embeddings", "dim")
+
+    def __init__(self, embeddings: np.ndarray):
+        e = np.ascontiguousarray(embeddings, dtype=np.float32)
+        e.flags.writeable = False
+        self.embeddings = e
+        self.dim = int(e.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def __repr__(self) -> str:
+        return f"Index({len(self)} x {self.dim})"
+
+
 class Model:
     """A loaded bundle on one backend. Use `l2m_sdk.load(...)` to make one.
 
     backend: "auto" | "ort" | "trt"; device: "auto" | "cpu" | "cuda"; threads: intra-op threads per
-    graph (default: L2M_THREADS or the usable CPUs, at most 8); cache_size: text embeddings kept in
-    an LRU cache (0 disables it).
+    graph (default: L2M_THREADS or the usable CPUs, at most 8); cache_size: prompts whose embeddings
+    are kept in an LRU cache keyed by each call's exact prompt list (0 disables it).
     """
 
     def __init__(
@@ -106,7 +127,8 @@ class Model:
                     "the bundle is corrupt or was written by another exporter, export it again"
                 ) from e
             raise
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()  # prompt list -> (B, D)
+        self._cache_rows = 0  # prompts held, at most cache_size
         self._lock = threading.Lock()
         log.info("loaded bundle %s on %s (%s)", b.name, self.backend, self.choice.reason)
 
@@ -118,6 +140,7 @@ class Model:
         self._sessions = {}
         if hasattr(self, "_cache"):
             self._cache.clear()
+            self._cache_rows = 0
 
     def __enter__(self) -> Model:
         return self
@@ -153,31 +176,33 @@ class Model:
         from l2m_sdk.tokenizer import as_text_list
 
         texts, single = as_text_list(text)
-        out = np.empty((len(texts), self.dim), np.float32)
-        todo: dict[str, list[int]] = {}
-        with self._lock:
-            for i, t in enumerate(texts):
-                hit = self._cache.get(t) if self.cache_size else None
+        # The cache maps a call's exact prompt list to its embeddings. A prompt's float32 embedding
+        # depends (~3e-8) on the batch it was computed in (batch size, padded length), so caching per
+        # call, not per prompt, keeps every result identical to what the call gives without a cache.
+        key = tuple(texts)
+        if self.cache_size:
+            with self._lock:
+                hit = self._cache.get(key)
                 if hit is not None:
-                    self._cache.move_to_end(t)
-                    out[i] = hit
-                else:
-                    todo.setdefault(t, []).append(i)
-        uniq = list(todo)
+                    self._cache.move_to_end(key)
+                    out = hit.copy()  # callers own what they get back
+                    return out[0] if single else out
+        uniq = list(dict.fromkeys(texts))
+        emb_of: dict[str, np.ndarray] = {}
         for s in range(0, len(uniq), TEXT_CHUNK):
             chunk = uniq[s : s + TEXT_CHUNK]
             batch = self.tokenizer.encode(chunk)
             emb = self._run("text", {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
-            emb = emb.astype(np.float32, copy=False)
-            for t, e in zip(chunk, emb):
-                out[todo[t]] = e
-            if self.cache_size:
-                with self._lock:
-                    for t, e in zip(chunk, emb):
-                        self._cache[t] = e.copy()
-                        self._cache.move_to_end(t)
-                    while len(self._cache) > self.cache_size:
-                        self._cache.popitem(last=False)
+            emb_of.update(zip(chunk, emb.astype(np.float32, copy=False)))
+        out = np.stack([emb_of[t] for t in texts])
+        if self.cache_size and len(texts) <= self.cache_size:
+            with self._lock:
+                if key not in self._cache:
+                    self._cache[key] = out.copy()
+                    self._cache_rows += len(texts)
+                self._cache.move_to_end(key)
+                while self._cache_rows > self.cache_size:
+                    self._cache_rows -= len(self._cache.popitem(last=False)[0])
         return out[0] if single else out
 
     # ---------------------------------------------------------------------------------------- motion
@@ -236,7 +261,12 @@ class Model:
 
     # ------------------------------------------------------------------------------------ retrieval
     def _as_embeddings(self, x, name: str) -> np.ndarray:
-        """str/list of str -> text embeddings; (M, D)/(D,) -> embeddings; (M, T, N, 2) -> motion."""
+        """str/list of str -> text embeddings; (M, D)/(D,) -> embeddings; (M, T, N, 2) -> motion;
+        an Index -> its rows."""
+        if isinstance(x, Index):
+            if x.dim != self.dim:
+                raise ValueError(f"{name} is an Index of dimension {x.dim}; this model's is {self.dim}")
+            return x.embeddings
         if isinstance(x, str) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], str)):
             return np.atleast_2d(self.encode_text(x))
         a = np.asarray(x) if not isinstance(x, np.ndarray) else x
@@ -249,17 +279,22 @@ class Model:
             f"got shape {a.shape}"
         )
 
+    def index(self, gallery) -> Index:
+        """Validate and normalise a search gallery once: (M, D) embeddings or (M, T, N, 2) trajectories
+        (encoded here) -> an Index to pass to search() any number of times."""
+        return Index(self._as_embeddings(gallery, "gallery"))
+
     def search(self, query, gallery, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of a gallery by cosine. query: text, list of texts, embeddings or trajectories;
-        gallery: (M, D) embeddings or (M, T, N, 2) trajectories. Returns (indices, scores), each (k,)
-        for a single query or (Q, k), best first; k is capped at M."""
+        gallery: an Index (fastest, see index()), (M, D) embeddings or (M, T, N, 2) trajectories.
+        Returns (indices, scores), each (k,) for a single query or (Q, k), best first; k is capped at M."""
         texts = isinstance(query, (list, tuple)) and query and isinstance(query[0], str)
         single = isinstance(query, str) or (not texts and np.ndim(query) in (1, 3))
         q = self._as_embeddings(query, "query")
         g = self._as_embeddings(gallery, "gallery")
         k = V.integer(k, "k", 1, 1 << 31)
         k = min(k, g.shape[0])
-        scores = q @ g.T  # (Q, M)
+        scores = q @ g.T if q.shape[0] > 1 else (g @ q[0])[None]  # (Q, M); matrix-vector for one query
         if k < g.shape[0]:
             part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         else:

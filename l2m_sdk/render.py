@@ -81,6 +81,8 @@ _SHAPE_HINT = "expected trajectories of shape (T, N, 2) or (B, T, N, 2) with T >
 
 
 def _check_traj(traj) -> tuple[np.ndarray, bool]:
+    if np.iscomplexobj(traj):  # numpy would drop the imaginary part with only a warning
+        raise ValueError(f"{_SHAPE_HINT} of real numbers; got a complex array")
     try:
         arr = np.asarray(traj, dtype=np.float32)
     except (TypeError, ValueError) as e:

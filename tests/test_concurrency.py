@@ -8,11 +8,11 @@ Threading model (the contract these tests hold the runtime to):
     call also uses the model's own intra-op threads (`threads=`, default the usable CPUs, at most 8).
     In a game or control loop, call from a worker thread and keep `threads` below the cores left over.
   - The only shared mutable state is the LRU cache of text embeddings, guarded by one lock that is never
-    held while a graph runs. A cache hit returns the embedding computed earlier for the same text,
-    possibly inside a list of other prompts (another batch size and padded length), which changes
-    float32 rounding: embeddings by ~3e-8, decoded coordinates by up to ~2e-6. So with the cache on,
-    results depend on which call embedded a prompt first; with `cache_size=0`, or with one prompt per
-    call, they are bitwise reproducible whatever the threads do.
+    held while a graph runs. It is keyed by a call's exact prompt list: a prompt's float32 embedding
+    depends slightly (~3e-8) on the batch it is computed in, so a per-prompt cache would make results
+    depend on which call embedded a prompt first (measured: coordinates off by up to 1.4e-6). Keyed per
+    call, a hit returns exactly what the call computes without a cache: results are bitwise
+    reproducible, cache on or off, whatever the threads do.
   - The module-level functions (`l2m_sdk.generate`, ...) share one default Model, loaded on first use
     under a lock: threads that race on the first call wait for the one load and all get the same model.
   - `close()` is not synchronised with calls in flight: close a model after the threads that use it
@@ -35,10 +35,6 @@ import pytest
 import l2m_sdk
 
 THREADS, CALLS = 8, 200
-# Without the cache: bitwise (asserted). With it: a cached embedding may come from a batch of another
-# size or padded length, a float32 rounding change of ~3e-8 that the decoder amplifies to ~2e-6 in
-# coordinates of size ~1 (measured 1.4e-6 on the trained default bundle): 1e-5 bounds it.
-TOL_CACHED = 1e-5
 WORDS = ["a ball", "a car", "the crowd", "a bird", "points", "a square", "the swarm", "a wheel"]
 MOVES = ["bouncing right", "turning left", "spreads out", "spins clockwise", "zooms in", "falls down"]
 REPO = Path(__file__).resolve().parents[1]
@@ -128,11 +124,12 @@ def plans_and_reference():
 @pytest.mark.parametrize("cache_size", [0, 16])
 def test_threads_equal_serial(plans_and_reference, cache_size, capsys):
     """8 threads x 200 mixed calls on one Model: no error, no stall, results equal serial calls.
-    cache_size=0: bitwise. cache_size=16 (evicting all the time, raced by 8 threads): within TOL_CACHED."""
+    Bitwise, both without the cache and with a small one (cache_size=16: evicting all the time, raced by
+    8 threads)."""
     plans, reference = plans_and_reference
     with l2m_sdk.load("default", backend="ort", device="cpu", cache_size=cache_size) as model:
         results, errors, secs = _run_threads(model, plans)
-        assert len(model._cache) <= cache_size
+        assert model._cache_rows <= cache_size
     assert not errors, errors[:5]
     same, total, worst = _compare(results, reference)
     with capsys.disabled():
@@ -140,15 +137,7 @@ def test_threads_equal_serial(plans_and_reference, cache_size, capsys):
             f"\n{THREADS} threads x {CALLS} calls, cache_size={cache_size}: {same}/{total} bitwise equal to "
             f"serial, largest |difference| {worst:.3g}, {secs:.1f} s"
         )
-    assert worst <= TOL_CACHED, f"largest difference {worst:.3g} > {TOL_CACHED}"
-    for got_t, ref_t, plan in zip(results, reference, plans):
-        for got, ref, (op, _) in zip(got_t, ref_t, plan):
-            if op == "search":  # same ranking unless two gallery scores tie within the tolerance
-                gi, gs = got
-                ri, rs = ref
-                assert np.array_equal(gi, ri) or np.abs(np.sort(gs) - np.sort(rs)).max() <= TOL_CACHED
-    if cache_size == 0:
-        assert same == total, f"{total - same} results differ from serial without a cache"
+    assert same == total, f"{total - same} of {total} results differ from serial (largest {worst:.3g})"
 
 
 DEFAULT_INIT = textwrap.dedent(

@@ -172,6 +172,7 @@ def test_render_frames_and_files(tmp_path, rng, cpu_lib):
         np.zeros((2, 0, 4, 2)),
         np.array([[[0.0, np.nan]]]),
         np.array([[[np.inf, 0.0]]]),
+        np.zeros((5, 3, 2), np.complex64),
         "not an array",
     ],
 )

@@ -236,25 +236,26 @@ def test_close_while_threads_call():
 
 
 def test_text_cache_is_bounded_lru(fresh_model):
-    """cache_size=5 keeps the 5 most recently used prompts, whatever the call pattern; a hit returns the
-    same embedding as computing it again alone."""
+    """cache_size=5 keeps at most 5 prompts, the most recently used calls first, whatever the call
+    pattern; a hit returns exactly what computing the call again gives."""
     m = fresh_model
     texts = [f"prompt number {i}" for i in range(40)]
     for t in texts[:20]:
         m.encode_text(t)
-    assert list(m._cache) == texts[15:20]
+    assert list(m._cache) == [(t,) for t in texts[15:20]]
     m.encode_text(texts[15])  # touch: becomes most recent
-    m.encode_text(texts[20:30])  # one batch of 10 new prompts
-    assert len(m._cache) == 5 and texts[15] not in m._cache  # 10 newer ones evicted it
+    m.encode_text(texts[20:30])  # a batch of 10 prompts: more than the cache holds, not cached
+    assert list(m._cache) == [(t,) for t in (*texts[16:20], texts[15])]
     m.encode_text(texts[28])
     m.generate(texts[30])
-    m.encode_text(texts[31:33])
-    assert list(m._cache) == [texts[29], texts[28], texts[30], texts[31], texts[32]]
+    m.encode_text(texts[31:33])  # one entry of two prompts: evicts the two least recent
+    assert list(m._cache) == [(texts[15],), (texts[28],), (texts[30],), tuple(texts[31:33])]
+    assert m._cache_rows == 5
     with l2m_sdk.load("default", backend="ort", device="cpu", cache_size=0) as nocache:
         nocache.encode_text(texts[:50])
         assert len(nocache._cache) == 0
-        # m embedded it in a batch of two: equal up to float32 rounding of a different GEMM shape
-        np.testing.assert_allclose(nocache.encode_text(texts[32]), m.encode_text(texts[32]), atol=1e-6)
+        np.testing.assert_array_equal(nocache.encode_text(texts[31:33]), m.encode_text(texts[31:33]))
+        np.testing.assert_array_equal(nocache.encode_text(texts[30]), m.encode_text(texts[30]))
 
 
 def test_cache_size_checked():

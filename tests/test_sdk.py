@@ -195,6 +195,24 @@ def test_search_finds_the_planted_answer(default_model, rng, random_unit):
     assert idx3.shape == (7,)
 
 
+def test_index_searches_like_the_raw_gallery(default_model, rng, random_unit):
+    m = default_model
+    raw = random_unit(rng, 300, m.dim) * rng.uniform(0.5, 3.0, (300, 1)).astype(np.float32)  # not unit
+    ix = m.index(raw)
+    assert len(ix) == 300 and ix.dim == m.dim and not ix.embeddings.flags.writeable
+    np.testing.assert_allclose(np.linalg.norm(ix.embeddings, axis=1), 1.0, atol=1e-6)
+    for q in (PROMPTS[0], PROMPTS[:3], raw[17]):
+        i1, s1 = m.search(q, raw, k=4)
+        i2, s2 = m.search(q, ix, k=4)
+        assert np.array_equal(i1, i2)
+        np.testing.assert_allclose(s1, s2, atol=1e-6)
+    assert m.search(raw[17], ix, k=1)[0][0] == 17
+    with pytest.raises(ValueError, match="dimension"):
+        m.search(PROMPTS[0], l2m_sdk.Index(np.ones((3, m.dim + 1), np.float32)), k=1)
+    with pytest.raises(ValueError, match="finite"):
+        m.index(np.full((3, m.dim), np.nan, np.float32))
+
+
 def test_search_over_trajectories(default_model, rng, random_trajectories):
     m = default_model
     lib = random_trajectories(rng, 12, 20, 9)
@@ -257,17 +275,22 @@ def test_text_cache_is_bounded_and_exact(rng):
         texts = [f"{p} number {int(x)}" for p, x in zip(PROMPTS * 3, rng.integers(0, 10**6, 9))]
         for t in texts:
             m.encode_text(t)
-            assert len(m._cache) <= 3
-        assert list(m._cache) == texts[-3:]  # least recently used evicted first
+            assert m._cache_rows <= 3 and len(m._cache) <= 3
+        assert list(m._cache) == [(t,) for t in texts[-3:]]  # least recently used evicted first
         m.encode_text(texts[-3])  # a hit moves it to the back
         m.encode_text(texts[0])
-        assert list(m._cache) == [texts[-1], texts[-3], texts[0]]
+        assert list(m._cache) == [(texts[-1],), (texts[-3],), (texts[0],)]
         for t in texts[-3:]:
-            hit = m.encode_text(t)  # from the cache (computed alone: bit-identical to a fresh call)
+            hit = m.encode_text(t)  # from the cache: bit-identical to a fresh call
             np.testing.assert_array_equal(hit, fresh.encode_text(t))
-        batch = m.encode_text(texts[:5])  # misses computed in a batch, then cached
-        np.testing.assert_allclose(batch, fresh.encode_text(texts[:5]), atol=BATCH_ATOL)
-        np.testing.assert_allclose(m.encode_text(texts[4]), fresh.encode_text(texts[4]), atol=BATCH_ATOL)
+        pair = texts[3:5]
+        first = m.encode_text(pair)  # a batch is one entry of two prompts; it evicts two singles
+        assert m._cache_rows <= 3 and list(m._cache)[-1] == tuple(pair)
+        np.testing.assert_array_equal(first, fresh.encode_text(pair))
+        np.testing.assert_array_equal(m.encode_text(pair), first)  # hit
+        # a prompt first seen in a batch, asked alone: computed alone, as without a cache (bitwise)
+        np.testing.assert_array_equal(m.encode_text(texts[4]), fresh.encode_text(texts[4]))
+        assert m.encode_text(texts[:5]).shape == (5, m.dim) and m._cache_rows <= 3  # too big to cache
         assert len(fresh._cache) == 0
         out = m.encode_text(texts[4])
         out[:] = 0  # callers own what they get back: the cached copy is untouched
@@ -476,6 +499,20 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, match):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0] and match in err[0], err
     assert not (tmp_path / "x.npy").exists() and not (tmp_path / "x.txt").exists()
+
+
+def test_cli_passes_options_through_to_bench_and_export(capsys):
+    # `l2m bench --quick` must reach the benchmark's own parser, not stop at l2m's
+    with pytest.raises(SystemExit) as ex:
+        cli_main(["bench", "--help"])
+    assert ex.value.code == 0
+    assert "--quick" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as ex:
+        cli_main(["export", "--help"])
+    assert ex.value.code == 0
+    with pytest.raises(SystemExit) as ex:  # other commands still reject unknown options
+        cli_main(["info", "--no-such-option"])
+    assert ex.value.code == 2
 
 
 def test_cli_as_a_program(tmp_path):
