@@ -77,6 +77,9 @@ def _load_library(path: Path) -> tuple[np.ndarray, list[str]]:
         raise CliError(f"{path}: a motion library is a folder of .npy files, a .npz or a (M, T, N, 2) .npy")
     if not items:
         raise CliError(f"{path} holds no .npy trajectories")
+    for name, a in items:
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise CliError(f"{path}: {name} holds {a.dtype} values; trajectories are real numbers (float32)")
     shapes = {a.shape for _, a in items}
     if len(shapes) > 1:
         raise CliError(

@@ -501,6 +501,16 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, match):
     assert not (tmp_path / "x.npy").exists() and not (tmp_path / "x.txt").exists()
 
 
+@pytest.mark.parametrize("dtype", [np.complex64, np.bool_, "U3"])
+def test_cli_library_of_non_real_values_is_rejected(tmp_path, capsys, dtype):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    np.save(lib / "a.npy", np.zeros((5, 3, 2), dtype))
+    assert cli_main(["search", "a ball", "--library", str(lib)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "real numbers" in err[0], err
+
+
 def test_cli_passes_options_through_to_bench_and_export(capsys):
     # `l2m bench --quick` must reach the benchmark's own parser, not stop at l2m's
     with pytest.raises(SystemExit) as ex:

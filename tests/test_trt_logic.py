@@ -336,13 +336,16 @@ def _export_sources() -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_graphs(request) -> dict[str, onnx.ModelProto]:
+def tiny_graphs(request, tmp_path_factory) -> dict[str, onnx.ModelProto]:
     """Tiny text / motion-encoder / motion-decoder graphs from export/onnx_export.py. Exporting costs
-    ~15 s per graph on this loaded machine, so the files are cached in pytest's cache, keyed by the
-    exporter sources; the weights are redrawn every run (fresh normal values with each tensor's own
-    mean and spread), so each run checks a new network on new inputs."""
+    ~15 s per graph on this loaded machine, so the files are kept in pytest's cache when it is on (CI
+    runs with -p no:cacheprovider: a temporary directory), keyed by the exporter sources; the weights
+    are redrawn every run (fresh normal values with each tensor's own mean and spread), so each run
+    checks a new network on new inputs."""
     pytest.importorskip("torch")
-    cache = Path(request.config.cache.mkdir(f"l2m_tiny_onnx_{_export_sources()}"))
+    key = f"l2m_tiny_onnx_{_export_sources()}"
+    pcache = getattr(request.config, "cache", None)
+    cache = Path(pcache.mkdir(key)) if pcache is not None else tmp_path_factory.mktemp(key)
     names = ("text", "motion_encoder", "motion_decoder")
     if not all((cache / f"{n}.onnx").is_file() for n in names):
         import torch
