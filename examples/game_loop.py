@@ -14,7 +14,7 @@ Where the work happens (`--mode`):
   inline   (default) generate() runs on the game thread between two frames: after the frame is shown
            (display.flip) and before the next one starts, inside the frame's spare time. The
            behaviours' text embeddings are computed once while loading (the text cache keeps them),
-           so a generation in the loop is one decoder run: 3-4 ms for 16 sprites x 60 frames on one
+           so a generation in the loop is one decoder run: 3-5 ms for 16 sprites x 60 frames on one
            core here, inside the 16.7 ms frame (8-16 ms while a training job held the other cores).
   thread   generate() runs on a worker thread (any prompt, e.g. one a player types, text tower
            included); the game thread only picks up a finished motion between frames and never waits.
