@@ -187,16 +187,22 @@ def cmd_info(args) -> int:
 
 
 def cmd_export(args) -> int:
-    try:
-        if args.engines:
-            from export.trt_build import main as trt_main
+    # The export side (torch) runs as its own program: l2m_sdk never imports it (ARCHITECTURE.md).
+    import importlib.util
+    import subprocess
 
-            return trt_main(["--bundle", args.bundle_dir, *args.rest]) or 0
-        from export.bundle import main as bundle_main
-
-        return bundle_main(args.rest) or 0
-    except ImportError as e:
-        raise CliError(f"export needs the training side: pip install 'l2m[export]' ({e})") from e
+    missing = [m for m in ("export", "torch", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CliError(
+            f"export needs the training side ({', '.join(missing)} missing): pip install 'l2m[export]'"
+        )
+    if args.engines:
+        if not args.bundle_dir:
+            raise CliError("--engines needs --bundle-dir DIR (the bundle whose graphs to build engines from)")
+        argv = ["-m", "export.trt_build", "--bundle", args.bundle_dir, *args.rest]
+    else:
+        argv = ["-m", "export.bundle", *args.rest]
+    return subprocess.call([sys.executable, *argv])
 
 
 def cmd_bench(args) -> int:

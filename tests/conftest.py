@@ -11,6 +11,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -147,3 +148,27 @@ def tiny_clip(tmp_path_factory) -> TinyBundle:
     weights = save_weights(model, root / "run")
     bundle = write_bundle(weights, root / "bundle", name="tiny-clip", text_encoder=text)
     return TinyBundle(weights, bundle, load_weights(weights), text)
+
+
+# ------------------------------------------------------------------------------ torch-side tests
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny torch ops: one thread is faster than waiting on a second core that something else keeps busy
+    (10x slower with a training job in the background). Use with pytest.mark.usefixtures."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def torch_seed() -> int:
+    """A fresh seed each run, printed, and torch seeded with it."""
+    import torch
+
+    s = time.time_ns() % 2**31
+    print(f"seed = {s}")
+    torch.manual_seed(s)
+    return s

@@ -5,7 +5,6 @@ evaluation functions on a tiny random model and a tiny random-init CLIP tower.""
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -34,20 +33,12 @@ from export.evaluate import (
 GT_PASS_MIN = 0.95
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops: one thread avoids waiting on a second, busy core (a model trains in the background)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture
-def seed():
-    s = time.time_ns() % 2**31
-    print(f"seed = {s}")
-    return s
+def seed(torch_seed):
+    return torch_seed
 
 
 @pytest.mark.parametrize("kind", list(PROPERTY_SPECS))

@@ -7,8 +7,6 @@ which would make "frame 0 is exact" or "adapter is the identity" true for the wr
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -23,21 +21,12 @@ SMALL = dict(dim=24, width=32, enc_layers=1, dec_layers=1, heads=2, ff=64, point
 PERM_TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops: one thread avoids waiting on a second, busy core (the machine trains in the background)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture
-def seed():
-    s = time.time_ns() % 2**31
-    print(f"seed = {s}")
-    torch.manual_seed(s)
-    return s
+def seed(torch_seed):
+    return torch_seed
 
 
 def _perturbed(module: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:

@@ -511,6 +511,17 @@ def test_cli_library_of_non_real_values_is_rejected(tmp_path, capsys, dtype):
     assert len(err) == 1 and "real numbers" in err[0], err
 
 
+def test_cli_export_runs_the_export_side_as_its_own_program(tmp_path, capsys):
+    assert cli_main(["export", "--engines"]) == 2
+    assert "--bundle-dir" in capsys.readouterr().err
+    # export.bundle runs in a child process (l2m_sdk never imports torch): its own error and exit status
+    imported_before = "export.bundle" in sys.modules
+    bad = ["export", "--weights", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "b")]
+    assert cli_main(bad) != 0
+    assert not (tmp_path / "b").exists()
+    assert ("export.bundle" in sys.modules) == imported_before  # not imported in this process
+
+
 def test_cli_passes_options_through_to_bench_and_export(capsys):
     # `l2m bench --quick` must reach the benchmark's own parser, not stop at l2m's
     with pytest.raises(SystemExit) as ex:

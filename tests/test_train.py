@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 import warnings
 
 import numpy as np
@@ -26,21 +25,12 @@ from export.train import PRESETS, compute_losses, load_weights, lr_at, pool_embe
 SMALL = dict(dim=24, width=32, enc_layers=1, dec_layers=1, heads=2, ff=64, point_hidden=16, adapter_hidden=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: a second thread waits on a core the background training keeps busy (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture
-def seed():
-    s = time.time_ns() % 2**31
-    print(f"seed = {s}")
-    torch.manual_seed(s)
-    return s
+def seed(torch_seed):
+    return torch_seed
 
 
 @pytest.fixture(scope="module")
