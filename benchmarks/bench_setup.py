@@ -74,7 +74,8 @@ def clip_bundle(default_bundle: Path, cache: Path, progress=None) -> Path:
     """Build (once) a ViT-B-32 bundle with random weights, sized like the default model; returns its dir."""
     base_cfg = json.loads((default_bundle / "manifest.json").read_text())["model"]
     cfg = {**base_cfg, "dim": 512, "text_tower": f"clip:{CLIP_ARCH}", "decoder": "nar"}
-    out = cache / f"clip-{CLIP_ARCH}-{_digest(cfg, CLIP_SEED)}"
+    # the last part names the bundle layout: bump it when export.bundle writes different files
+    out = cache / f"clip-{CLIP_ARCH}-{_digest(cfg, CLIP_SEED, 'ort_graphs')}"
     if (out / "manifest.json").exists():
         return out
     import torch
@@ -116,7 +117,7 @@ def _inline_text_graph(bundle_dir: Path, dst: Path) -> Path:
     from l2m_sdk.bundle import load_bundle
 
     b = load_bundle(bundle_dir, verify=False)
-    text = b.file("text")
+    text = b.ort_file("text")
     m = onnx.load(str(text), load_external_data=False)
     ext = b.external.get(text.name, {})
     st_raw = None
@@ -177,6 +178,10 @@ RECIPES = {
         "MatMulNBits: 8-bit weights in blocks of 32 along K, int8 compute (accuracy_level 4)",
         {"_nbits": {"bits": 8, "block_size": 32, "accuracy_level": 4}},
     ),
+    "int4-weights-b32": (
+        "MatMulNBits: 4-bit weights in blocks of 32 along K, int8 compute (accuracy_level 4)",
+        {"_nbits": {"bits": 4, "block_size": 32, "accuracy_level": 4}},
+    ),
 }
 
 
@@ -217,10 +222,11 @@ def _quantize_nbits(src: Path, dst: Path, opts: dict) -> None:
 
 
 def quantized_bundle(bundle_dir: Path, cache: Path, recipe: str) -> Path:
-    """A copy of the bundle whose text.onnx is quantized with `recipe` (see RECIPES); cached."""
+    """A copy of the bundle whose text graph (the one ONNX Runtime runs: text.ort.onnx when the bundle has
+    fused graphs) is quantized with `recipe` (see RECIPES); cached."""
     from onnxruntime.quantization import quantize_dynamic
 
-    from l2m_sdk.bundle import sha256_file
+    from l2m_sdk.bundle import load_bundle, sha256_file
 
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     out = cache / f"{bundle_dir.name}-{recipe}-{_digest(manifest['files'], recipe)}"
@@ -230,6 +236,7 @@ def quantized_bundle(bundle_dir: Path, cache: Path, recipe: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".q-", dir=cache))  # quantizer temp files land here (PITFALLS)
     try:
         src = _inline_text_graph(bundle_dir, tmp / "text_fp32.onnx")
+        text_name = load_bundle(bundle_dir, verify=False).ort_file("text").name  # the graph ORT runs
         stage = tmp / "bundle"
         shutil.copytree(bundle_dir, stage, ignore=shutil.ignore_patterns("engines", "image_tower.onnx*"))
         cwd = os.getcwd()
@@ -237,18 +244,18 @@ def quantized_bundle(bundle_dir: Path, cache: Path, recipe: str) -> Path:
         try:
             nbits = kw.pop("_nbits", None)
             if nbits is not None:
-                _quantize_nbits(src, stage / "text.onnx", nbits)
+                _quantize_nbits(src, stage / text_name, nbits)
             else:
                 exclude = _ffn_out_matmuls(src) if kw.pop("_exclude_ffn_out", False) else []
-                quantize_dynamic(src, stage / "text.onnx", nodes_to_exclude=exclude, **kw)
+                quantize_dynamic(src, stage / text_name, nodes_to_exclude=exclude, **kw)
         finally:
             os.chdir(cwd)
         manifest = json.loads((stage / "manifest.json").read_text())
         manifest["name"] = f"{manifest.get('name', bundle_dir.name)}-{recipe}"
-        manifest["external_initializers"].pop("text.onnx", None)
+        manifest["external_initializers"].pop(text_name, None)
         manifest["graphs"].pop("image", None)
         manifest["files"].pop("image_tower.onnx", None)
-        manifest["quantization"] = {"text.onnx": RECIPES[recipe][0]}
+        manifest["quantization"] = {text_name: RECIPES[recipe][0]}
         for rel in list(manifest["files"]):
             p = stage / rel
             manifest["files"][rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}

@@ -39,7 +39,7 @@ from benchmarks import startup  # noqa: E402
 
 DEFAULT_BUNDLE = ROOT / "l2m_sdk" / "assets" / "default"
 PROMPT_12 = "a red ball bouncing to the right across the floor"  # 12 CLIP tokens incl. start/end
-QUANT_RECIPES = ("int8-per-channel", "int8-per-channel-ffn-fp32", "int8-weights-b32")
+QUANT_RECIPES = ("int8-per-channel", "int8-per-channel-ffn-fp32", "int8-weights-b32", "int4-weights-b32")
 GATE_COSINE = 0.995
 ATOL_F32 = 1e-4  # ORT vs torch, fp32: different summation order; unit vectors and [-1, 1] coordinates
 
@@ -533,9 +533,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def session_variants(bundle_dir: Path, threads: int, repeats: int) -> dict:
-    """generate(PROMPT_12) on raw ONNX Runtime sessions of the default bundle under other session
-    options than the SDK's (which uses `threads` intra-op threads with spinning off), calls interleaved:
-    which runtime settings would move p50 / p99. Results are checked equal to the SDK's first."""
+    """generate(PROMPT_12) on raw ONNX Runtime sessions of the default bundle: the SDK's graphs and
+    options against the portable (unfused) graphs, no spinning, one thread; calls interleaved. Every
+    variant stops spinning when its call returns, so interleaved pools do not steal each other's cores.
+    Results are checked equal to the SDK's first."""
     import onnxruntime as ort
 
     import l2m_sdk
@@ -550,19 +551,21 @@ def session_variants(bundle_dir: Path, threads: int, repeats: int) -> dict:
         "times": np.linspace(0, 1, sdk.num_frames, dtype=np.float32),
     }
 
-    def make(n: int, spin: bool):
+    def make(n: int, spin: bool, fused: bool):
         sess, keep = {}, []
         for role in ("text", "motion_decoder"):
+            graph = b.ort_file(role) if fused else b.file(role)
             so = ort.SessionOptions()
             so.intra_op_num_threads = n
             so.inter_op_num_threads = 1
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-            ext = b.external.get(b.file(role).name)
+            so.add_session_config_entry("session.force_spinning_stop", "1")
+            ext = b.external.get(graph.name)
             if ext:
                 vals = [ort.OrtValue.ortvalue_from_numpy(a) for a in ext.values()]
                 keep += vals
                 so.add_external_initializers(list(ext), vals)
-            sess[role] = ort.InferenceSession(str(b.file(role)), so, providers=["CPUExecutionProvider"])
+            sess[role] = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
 
         def run(sess=sess, keep=keep):
             e = sess["text"].run(None, feeds)[0]
@@ -572,9 +575,11 @@ def session_variants(bundle_dir: Path, threads: int, repeats: int) -> dict:
 
     calls = {
         "SDK as shipped (l2m_sdk.load)": lambda: sdk.generate(PROMPT_12),
-        f"{threads} threads, spinning off (= SDK)": make(threads, False),
-        f"{threads} threads, spinning on": make(threads, True),
-        "1 thread": make(1, False),
+        f"fused graphs, {threads} threads, spinning during a call (= SDK)": make(threads, True, True),
+        f"fused graphs, {threads} threads, spinning off": make(threads, False, True),
+        f"portable graphs, {threads} threads, spinning during a call": make(threads, True, False),
+        f"portable graphs, {threads} threads, spinning off (the previous SDK)": make(threads, False, False),
+        "fused graphs, 1 thread": make(1, False, True),
     }
     want = sdk.generate(PROMPT_12)
     for k, f in calls.items():

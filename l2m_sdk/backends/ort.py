@@ -55,9 +55,12 @@ class OrtSession:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Don't spin waiting for work between calls: an embedded SDK must not burn the host's cores
-        # while the game or controller does its own work between generations.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Worker threads spin between the ~100 small kernels of one call (waking a sleeping thread per
+        # kernel cost more than the kernels at batch 1 on 2 cores), and stop spinning as soon as the
+        # call returns: an embedded SDK must not burn the host's cores while the game or controller does
+        # its own work between generations, and the next graph's pool must not compete with this one.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        so.add_session_config_entry("session.force_spinning_stop", "1")
         self._keep = []
         if external:
             names, values = [], []
