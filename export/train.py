@@ -60,6 +60,12 @@ PRESETS = {
     "default-finetune": TrainConfig(
         steps=1000, lr=2e-4, warmup=50, seed=1, init_from="runs/default/model.safetensors"
     ),
+    # The shipped model: runs/default (trained with the caption vocabulary of commit dc95a83) then 1500
+    # steps with the widened verb/adverb vocabulary (more synonyms for spinning, growing, shrinking,
+    # staying still, shaking; held-out words untouched), lower learning rate, fresh optimiser, seed 2.
+    "default-stage2": TrainConfig(
+        steps=1500, lr=2e-4, warmup=50, seed=2, init_from="runs/default/model.safetensors"
+    ),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
         steps=40,
