@@ -66,6 +66,12 @@ PRESETS = {
     "default-stage2": TrainConfig(
         steps=1500, lr=2e-4, warmup=50, seed=2, init_from="runs/default/model.safetensors"
     ),
+    # Then 1500 more steps from runs/default-stage2 after dropping the grow/shrink synonyms that name a
+    # change of width or of state rather than of size (widening, broadening, narrowing, magnifying,
+    # withering, tightening): the shipped model.
+    "default-stage3": TrainConfig(
+        steps=1500, lr=2e-4, warmup=50, seed=3, init_from="runs/default-stage2/model.safetensors"
+    ),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
         steps=40,

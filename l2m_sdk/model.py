@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,8 @@ class Model:
                     "the bundle is corrupt or was written by another exporter, export it again"
                 ) from e
             raise
+        self._default_p0 = V.points(default_initial_points(self.num_points), 1)
+        self._default_p0.flags.writeable = False
         self._cache: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()  # prompt list -> (B, D)
         self._cache_rows = 0  # prompts held, at most cache_size
         self._lock = threading.Lock()
@@ -147,6 +150,14 @@ class Model:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @staticmethod
+    @lru_cache(maxsize=64)
+    def _times(T: int) -> np.ndarray:
+        """Frame times in [0, 1] for T frames (read-only, shared)."""
+        t = np.linspace(0.0, 1.0, T, dtype=np.float32)
+        t.flags.writeable = False
+        return t
 
     def _run(self, role: str, feeds: dict) -> np.ndarray:
         s = self._sessions.get(role)
@@ -220,10 +231,11 @@ class Model:
 
     def _decode(self, z: np.ndarray, initial_points, num_frames) -> np.ndarray:
         T = self.num_frames if num_frames is None else V.integer(num_frames, "num_frames", 2, V.MAX_FRAMES)
-        if initial_points is None:
-            initial_points = default_initial_points(self.num_points)
-        p0 = V.points(initial_points, z.shape[0])
-        times = np.linspace(0.0, 1.0, T, dtype=np.float32)
+        if initial_points is None:  # the default grid, built and checked once (read-only)
+            p0 = self._default_p0 if z.shape[0] == 1 else np.repeat(self._default_p0, z.shape[0], 0)
+        else:
+            p0 = V.points(initial_points, z.shape[0])
+        times = self._times(T)
         z = np.ascontiguousarray(z, dtype=np.float32)  # the graph takes float32 only
         out = self._run("motion_decoder", {"embedding": z, "initial_points": p0, "times": times})
         out[:, 0] = p0  # the graph already gives frame 0 == p0 exactly; make it a contract
