@@ -139,14 +139,17 @@ def _motion(
     sf = SPEED_FACTOR[spec.get("speed", "normal")] * rng.uniform(0.85, 1.15)
     T = len(u)
 
-    def start(default_span: float = 0.35) -> np.ndarray:
+    def start(default_span: float = 0.5) -> np.ndarray:
         return c0 if c0 is not None else rng.uniform(-default_span, default_span, 2)
 
     if fam in ("translate", "stop_and_go", "zigzag"):
         v = _jitter_dir(rng, spec["dir"])
         d = rng.uniform(0.55, 0.85) * sf
         if c0 is None:
-            c0 = -v * d / 2 + rng.uniform(-0.15, 0.15, 2)
+            # anywhere in the frame, not only where the path stays centred: a caption's direction must
+            # not be guessable from where the object starts (it was, and "right" near the right edge
+            # moved left)
+            c0 = -v * d / 2 + rng.uniform(-0.45, 0.45, 2)
         if fam == "translate":
             e = _ease(rng, u)
         elif fam == "stop_and_go":
@@ -175,7 +178,7 @@ def _motion(
         return start(0.3)[None, None] + s[:, None, None] * rel[None]
     if fam == "bounce":
         vx = DIRECTIONS[spec["dir"]][0] * rng.uniform(0.5, 0.8) * sf if spec.get("dir") else 0.0
-        c0 = c0 if c0 is not None else np.array([-vx / 2 + rng.uniform(-0.1, 0.1), rng.uniform(0.2, 0.5)])
+        c0 = c0 if c0 is not None else np.array([-vx / 2 + rng.uniform(-0.4, 0.4), rng.uniform(0.2, 0.5)])
         nb = rng.uniform(2, 4) * (0.7 + 0.3 * sf)
         h = rng.uniform(0.3, 0.6) * np.exp(-u * rng.uniform(0, 1.2))
         y = -h * np.abs(np.sin(math.pi * nb * u))
@@ -187,7 +190,7 @@ def _motion(
         return _rigid(c, rel, u * u * rng.uniform(-0.3, 0.3))
     if fam == "jump":
         vx = DIRECTIONS[spec["dir"]][0] * rng.uniform(0.5, 0.8) * sf if spec.get("dir") else 0.0
-        c0 = c0 if c0 is not None else np.array([-vx / 2 + rng.uniform(-0.1, 0.1), rng.uniform(0.1, 0.4)])
+        c0 = c0 if c0 is not None else np.array([-vx / 2 + rng.uniform(-0.4, 0.4), rng.uniform(0.1, 0.4)])
         h = rng.uniform(0.35, 0.6)
         y = -4 * h * u * (1 - u)
         return _rigid(c0 + np.stack([vx * u, y], -1), rel)
@@ -249,7 +252,7 @@ def _motion(
         return out
     if fam == "walk":
         vx = DIRECTIONS[spec["dir"]][0] * rng.uniform(0.5, 0.8) * sf if spec.get("dir") else 0.0
-        c0 = c0 if c0 is not None else np.array([-vx / 2 + rng.uniform(-0.1, 0.1), rng.uniform(-0.2, 0.3)])
+        c0 = c0 if c0 is not None else np.array([-vx / 2 + rng.uniform(-0.4, 0.4), rng.uniform(-0.2, 0.3)])
         steps = rng.uniform(3, 6) * (0.7 + 0.3 * sf)
         bob = -rng.uniform(0.02, 0.05) * np.abs(np.sin(math.pi * steps * u))
         return _rigid(c0 + np.stack([vx * u, bob], -1), rel)

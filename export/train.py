@@ -60,7 +60,7 @@ PRESETS = {
     "default-finetune": TrainConfig(
         steps=1000, lr=2e-4, warmup=50, seed=1, init_from="runs/default/model.safetensors"
     ),
-    # The shipped model: runs/default (trained with the caption vocabulary of commit dc95a83) then 1500
+    # Stage 2: runs/default (trained with the caption vocabulary of commit dc95a83) then 1500
     # steps with the widened verb/adverb vocabulary (more synonyms for spinning, growing, shrinking,
     # staying still, shaking; held-out words untouched), lower learning rate, fresh optimiser, seed 2.
     "default-stage2": TrainConfig(
@@ -68,9 +68,15 @@ PRESETS = {
     ),
     # Then 1500 more steps from runs/default-stage2 after dropping the grow/shrink synonyms that name a
     # change of width or of state rather than of size (widening, broadening, narrowing, magnifying,
-    # withering, tightening): the shipped model.
+    # withering, tightening).
     "default-stage3": TrainConfig(
         steps=1500, lr=2e-4, warmup=50, seed=3, init_from="runs/default-stage2/model.safetensors"
+    ),
+    # Then 1500 more steps from runs/default-stage3 with start positions drawn across the frame for every
+    # family (translations started left of centre when moving right, so "right" near the right edge
+    # moved left): the shipped model.
+    "default-stage4": TrainConfig(
+        steps=1500, lr=2e-4, warmup=50, seed=4, init_from="runs/default-stage3/model.safetensors"
     ),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
