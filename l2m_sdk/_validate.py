@@ -33,9 +33,11 @@ def _finite(a: np.ndarray, name: str, limit: float | None = None) -> None:
     if not np.isfinite(a).all():
         bad = int((~np.isfinite(a)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite values; pass finite coordinates")
-    if limit is not None and a.size and float(np.abs(a).max()) > limit:
+    # max/min, not abs().max(): abs(-128) is -128 in int8, which let int8 pixel coordinates through
+    peak = max(float(a.max()), -float(a.min())) if a.size else 0.0
+    if limit is not None and peak > limit:
         raise ValueError(
-            f"{name} has coordinates up to {float(np.abs(a).max()):.3g}; expected normalised image "
+            f"{name} has coordinates up to {peak:.3g}; expected normalised image "
             f"coordinates in about [-1, 1] (x right, y down): divide pixels by size/2 and subtract 1"
         )
 

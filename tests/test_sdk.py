@@ -367,6 +367,9 @@ def test_overlong_text_is_truncated_with_a_warning(default_model, caplog):
         (lambda t: t[:0], ValueError, "T = 0"),
         (lambda t: t[None][:0], ValueError, "empty batch"),
         (lambda t: t * 1e4, ValueError, "normalised"),  # pixels, not normalised coordinates
+        # integer pixels at the type's minimum: abs() wraps around in int8/int16, max/min do not
+        (lambda t: np.full(t.shape, -128, np.int8), ValueError, "normalised"),
+        (lambda t: np.full(t.shape, np.iinfo(np.int16).min, np.int16), ValueError, "normalised"),
         (lambda t: "not an array", TypeError, "array"),
         (lambda t: None, TypeError, "None"),
         (lambda t: t.astype(object), TypeError, "numbers"),
