@@ -19,6 +19,10 @@ Patterns matched (anything else is left as it is):
   * l2m Block (motion encoder/decoder): one packed (B, L, 3W) tensor, Reshape(B, L, 3, h, d),
     Transpose(2, 0, 3, 1, 4), then Slice + Squeeze per q/k/v; k transposed (0, 1, 3, 2); no mask.
 Both end in MatMul(softmax, v) -> Transpose(0, 2, 1, 3) -> Reshape(B, L, W).
+  * CLIP (open_clip's text transformer, torch nn.MultiheadAttention): sequence-first (L, B, W), one
+    in-projection whose output is split by Gather, sqrt(scale) applied to q and to k^T, a causal mask
+    (1, 1, L, L); rewritten batch-first around MultiHeadAttention (`_fuse_seq_first_attention`), which
+    also drops the four transposes per layer that only served the sequence-first layout.
 """
 
 from __future__ import annotations
@@ -337,6 +341,139 @@ def _fuse_attention(G: _Graph) -> int:
     return done
 
 
+def _back_to_gather(G: _Graph, name: str) -> onnx.NodeProto | None:
+    """Walk back through Reshape / Transpose / Mul-by-scalar (data input only) to a Gather."""
+    for _ in range(12):
+        n = G.producer.get(name)
+        if n is None:
+            return None
+        if n.op_type == "Gather":
+            return n
+        if n.op_type not in ("Reshape", "Transpose"):
+            return None
+        name = n.input[0]
+    return None
+
+
+def _scaled_operand(G: _Graph, name: str) -> tuple[str, float]:
+    """(x, c) when `name` = Mul(x, scalar c) (either order), else (name, 1.0)."""
+    n = G.prod(name, "Mul")
+    if n is not None:
+        for x, c in ((n.input[0], n.input[1]), (n.input[1], n.input[0])):
+            v = G.scalar(c)
+            if v is not None and G.const(x) is None:
+                return x, v
+    return name, 1.0
+
+
+def _fuse_seq_first_attention(G: _Graph) -> int:
+    """torch nn.MultiheadAttention as exported from open_clip's text transformer.
+
+    x (B, L, W) -> Transpose(1, 0, 2) -> MatMul(in_proj) + bias -> Reshape(L, B, 3, W) -> Unsqueeze(0)
+    -> Transpose(3, 1, 2, 0, 4) -> Squeeze -> Gather 0/1/2 = q, k, v (L, B, W), each reshaped to
+    (B, h, L, d) (k transposed), q and k^T each multiplied by sqrt(scale), Add(q k^T, mask (1, 1, L, L)),
+    Softmax, MatMul v -> Transpose(2, 0, 1, 3) -> Reshape(L B, W) -> Gemm(out_proj) -> Reshape(L, B, W)
+    -> Transpose(1, 0, 2). Rewritten batch-first: MatMul(x, in_proj) -> Slice q/k/v ->
+    MultiHeadAttention(bias = in_proj bias, attention_bias = mask) -> Reshape(B L, W) -> the same Gemm ->
+    Reshape like x.
+    """
+    done = 0
+    b = _Builder(G)
+    for sm in [n for n in G.g.node if n.op_type == "Softmax"]:
+        add = G.prod(sm.input[0], "Add")
+        if add is None:
+            continue
+        qk = mask = None
+        for a, c in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+            if G.prod(a, "MatMul") is not None:
+                qk, mask = G.prod(a, "MatMul"), c
+                break
+        if qk is None:
+            continue
+        qsrc, c1 = _scaled_operand(G, qk.input[0])
+        ksrc, c2 = _scaled_operand(G, qk.input[1])
+        pv = G.only_consumer(sm.output[0], "MatMul")
+        if pv is None or pv.input[0] != sm.output[0]:
+            continue
+        tr = G.only_consumer(pv.output[0], "Transpose")
+        if G.perm(tr) != [2, 0, 1, 3]:
+            continue
+        r1 = G.only_consumer(tr.output[0], "Reshape")
+        gemm = G.only_consumer(r1.output[0], "Gemm") if r1 is not None else None
+        r2 = G.only_consumer(gemm.output[0], "Reshape") if gemm is not None else None
+        tr2 = G.only_consumer(r2.output[0], "Transpose") if r2 is not None else None
+        if G.perm(tr2) != [1, 0, 2]:
+            continue
+        gathers = [_back_to_gather(G, n) for n in (qsrc, ksrc, pv.input[1])]
+        if not all(gathers) or len({g.input[0] for g in gathers}) != 1:
+            continue
+        if [G.scalar(g.input[1]) for g in gathers] != [0.0, 1.0, 2.0]:
+            continue
+        sq = G.prod(gathers[0].input[0], "Squeeze")
+        t5 = G.prod(sq.input[0], "Transpose") if sq is not None else None
+        if G.perm(t5) != [3, 1, 2, 0, 4]:
+            continue
+        un = G.prod(t5.input[0], "Unsqueeze")
+        rs = G.prod(un.input[0], "Reshape") if un is not None else None
+        inproj = G.prod(rs.input[0], "Add") if rs is not None else None
+        if inproj is None:
+            continue
+        mm = next((G.prod(i, "MatMul") for i in inproj.input if G.prod(i, "MatMul")), None)
+        if mm is None:
+            continue
+        w_in = G.const(mm.input[1])
+        if w_in is None or w_in.ndim != 2 or w_in.shape[1] != 3 * w_in.shape[0]:
+            continue
+        W = int(w_in.shape[0])
+        found = _bias_of(G, inproj.output[0], 3 * W)
+        t0 = G.prod(mm.input[0], "Transpose")
+        if found is None or G.perm(t0) != [1, 0, 2]:
+            continue
+        x = t0.input[0]
+        # head size from the reshape of q to (L, B h, d)
+        q_reshape = G.only_consumer(gathers[0].output[0], "Reshape")
+        d = _head_shape(G, q_reshape, 1) if q_reshape is not None else None
+        if not d or W % d[0]:
+            continue
+        heads = W // d[0]
+        m = G.const(mask)
+        if m is not None and m.ndim != 4:
+            continue
+        new = []
+        n, packed = b.node("MatMul", [x, mm.input[1]])
+        new.append(n)
+        srcs = []
+        for i in range(3):
+            st = b.const(f"fuse_slice_{i * W}", np.array([i * W], np.int64))
+            en = b.const(f"fuse_slice_{(i + 1) * W}", np.array([(i + 1) * W], np.int64))
+            ax = b.const("fuse_axis_last", np.array([-1], np.int64))
+            n, out = b.node("Slice", [packed, st, en, ax])
+            new.append(n)
+            srcs.append(out)
+        bias = b.const(f"fuse_qkv_bias_{b.count}", found[1])
+        n, att = b.node(
+            "MultiHeadAttention", srcs + [bias, "", mask], domain=MS, num_heads=heads, scale=float(c1 * c2)
+        )
+        new.append(n)
+        flat = b.const(f"fuse_flat_{W}", np.array([-1, W], np.int64))
+        n, att2 = b.node("Reshape", [att, flat])
+        new.append(n)
+        n, proj = b.node("Gemm", [att2] + list(gemm.input[1:]))
+        n.attribute.extend(gemm.attribute)
+        new.append(n)
+        n, shp = b.node("Shape", [x])
+        new.append(n)
+        n, _ = b.node("Reshape", [proj, shp], [tr2.output[0]])
+        new.append(n)
+        idx = list(G.g.node).index(tr2)
+        for n in reversed(new):
+            G.g.node.insert(idx, n)
+        G.g.node.remove(tr2)
+        G.refresh()
+        done += 1
+    return done
+
+
 # -------------------------------------------------------------------------------------------- clean-up
 def _prune(G: _Graph) -> None:
     """Drop nodes whose outputs nobody reads, then unused initializers; order nodes topologically."""
@@ -371,7 +508,7 @@ def _prune(G: _Graph) -> None:
 def fuse(model: onnx.ModelProto) -> dict[str, int]:
     """Rewrite `model` in place; returns {"gelu": n, "attention": n} fused."""
     G = _Graph(model.graph)
-    counts = {"gelu": _fuse_gelu(G), "attention": _fuse_attention(G)}
+    counts = {"gelu": _fuse_gelu(G), "attention": _fuse_attention(G) + _fuse_seq_first_attention(G)}
     _prune(G)
     if sum(counts.values()) and not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))

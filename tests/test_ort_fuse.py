@@ -75,9 +75,10 @@ def test_near_miss_is_left_alone(rng):
     assert m.SerializeToString() == before
 
 
-def test_bundle_graphs_fused(tiny_minilm, default_model):
-    """The exporter writes both graph sets; the ORT graphs carry the fused ops and far fewer nodes."""
-    for root in (tiny_minilm.bundle, default_model.bundle.path):
+def test_bundle_graphs_fused(tiny_minilm, tiny_clip, default_model):
+    """The exporter writes both graph sets; the ORT graphs carry the fused ops and far fewer nodes
+    (CLIP's text tower: torch nn.MultiheadAttention, sequence-first, matched by its own pattern)."""
+    for root in (tiny_minilm.bundle, tiny_clip.bundle, default_model.bundle.path):
         man = json.loads((root / "manifest.json").read_text())
         assert set(man["ort_graphs"]) == {"text", "motion_encoder", "motion_decoder"}
         for role, rel in man["ort_graphs"].items():
@@ -140,3 +141,59 @@ def test_fuse_file_refuses_a_wrong_fusion(default_model, tmp_path, monkeypatch):
     monkeypatch.setattr(ort_fuse, "_fuse_attention", off_by_scale)
     with pytest.raises(RuntimeError, match="fused graph differs"):
         ort_fuse.fuse_file(src, tmp_path / "dec.ort.onnx")
+
+
+def _sharpen_clip_attention(path, factor: float = 6.0) -> None:
+    """Scale the in-projection weights of a CLIP text graph so that attention is far from uniform (a
+    random-init tower's is nearly uniform, which would hide a wrong scale or a wrong mask)."""
+    m = onnx.load(str(path))
+    inits = {t.name: t for t in m.graph.initializer}
+    hit = 0
+    for n in m.graph.node:
+        t = inits.get(n.input[1]) if n.op_type == "MatMul" and len(n.input) > 1 else None
+        if t is not None and len(t.dims) == 2 and t.dims[1] == 3 * t.dims[0]:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(factor), t.name))
+            hit += 1
+    assert hit, "no in-projection found"
+    onnx.save(m, str(path))
+
+
+def test_clip_attention_fusion_exact_and_checked(tiny_clip, tmp_path, monkeypatch):
+    """CLIP text attention (causal mask, scale split over q and k) fused into MultiHeadAttention gives
+    the unfused graph's outputs on sharp attention, with padded rows; a fusion with the wrong scale or
+    without the causal mask is refused by the export check."""
+    man = json.loads((tiny_clip.bundle / "manifest.json").read_text())
+    src = tmp_path / "text.onnx"
+    onnx.save(onnx.load(str(tiny_clip.bundle / man["graphs"]["text"])), str(src))
+    _sharpen_clip_attention(src)
+    counts = ort_fuse.fuse_file(src, tmp_path / "text.ort.onnx")  # raises if outputs differ > 1e-4
+    assert counts["attention"] == _ops(src)["Softmax"] > 0
+    a = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(tmp_path / "text.ort.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng()
+    ids = rng.integers(1, 400, (3, 9)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    want, got = a.run(None, feeds)[0], b.run(None, feeds)[0]
+    assert np.abs(want - got).max() < 1e-4
+    real = ort_fuse._fuse_seq_first_attention
+
+    def broken(kind):
+        def f(G):
+            n = real(G)
+            for node in G.g.node:
+                if node.op_type != "MultiHeadAttention":
+                    continue
+                if kind == "scale":
+                    next(x for x in node.attribute if x.name == "scale").f *= 2.0
+                else:
+                    node.input[5] = ""
+            return n
+
+        return f
+
+    for kind in ("scale", "mask"):
+        monkeypatch.setattr(ort_fuse, "_fuse_seq_first_attention", broken(kind))
+        with pytest.raises(RuntimeError, match="fused graph differs"):
+            ort_fuse.fuse_file(src, tmp_path / f"bad-{kind}.ort.onnx")
