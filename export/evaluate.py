@@ -44,6 +44,10 @@ class Evaluator:
         self.enc = enc
 
     @torch.inference_mode()
+    def decode(self, z: np.ndarray, init: np.ndarray, T: int) -> np.ndarray:
+        return self.model.decoder(torch.from_numpy(z), torch.from_numpy(init), L2M.times(T)).numpy()
+
+    @torch.inference_mode()
     def text(self, texts: list[str]) -> torch.Tensor:
         return self.model.adapter(self.enc.encode(texts))
 
@@ -55,6 +59,28 @@ class Evaluator:
     def generate(self, texts: list[str], init: np.ndarray, T: int) -> np.ndarray:
         e = self.text(texts)
         return self.model.decoder(e, torch.from_numpy(init), L2M.times(T)).numpy()
+
+
+class SdkEvaluator:
+    """The same measurements through an exported bundle run by l2m_sdk (ONNX Runtime, CPU): what users
+    get, including quantized text towers (`--bundle DIR`)."""
+
+    def __init__(self, bundle: str | Path):
+        import l2m_sdk
+
+        self.m = l2m_sdk.load(bundle, backend="ort", device="cpu", threads=2, cache_size=0)
+
+    def text(self, texts: list[str]) -> torch.Tensor:
+        return torch.from_numpy(self.m.encode_text(list(texts)))
+
+    def motion(self, traj: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.m.encode_motion(traj))
+
+    def decode(self, z: np.ndarray, init: np.ndarray, T: int) -> np.ndarray:
+        return self.m.decode(z, init, num_frames=T)
+
+    def generate(self, texts: list[str], init: np.ndarray, T: int) -> np.ndarray:
+        return self.m.generate(list(texts), init, num_frames=T)
 
 
 # ------------------------------------------------------------------------------------------ properties
@@ -205,8 +231,7 @@ def retrieval_and_errors(
     z = ev.motion(traj).numpy()
     sim = e @ z.T
     gen = ev.generate(caps, traj[:, 0], T)
-    with torch.inference_mode():
-        rec = ev.model.decoder(torch.from_numpy(z), torch.from_numpy(traj[:, 0]), L2M.times(T)).numpy()
+    rec = ev.decode(z, traj[:, 0], T)
     dist = np.linalg.norm(gen - traj, axis=-1)  # (B, T, N)
     rdist = np.linalg.norm(rec - traj, axis=-1)
     return {
@@ -241,17 +266,31 @@ def zero_shot(ev: Evaluator, rng: np.random.Generator, n: int, T: int = 30) -> d
 
 
 def evaluate(
-    weights: str | Path, per_kind: int = 48, gallery: int = 100, zs: int = 680, seed: int = EVAL_SEED
+    weights: str | Path | None,
+    per_kind: int = 48,
+    gallery: int = 100,
+    zs: int = 680,
+    seed: int = EVAL_SEED,
+    bundle: str | Path | None = None,
 ) -> dict:
+    """Evaluate weights through the PyTorch modules, or (bundle=DIR) an exported bundle through l2m_sdk."""
     torch.set_num_threads(2)
-    model = load_weights(weights)
-    ev = Evaluator(model, TextEncoder(model.cfg.text_tower))
+    if bundle is not None:
+        ev = SdkEvaluator(bundle)
+        info = ev.m.info()
+        source = {"bundle": str(bundle), "text_tower": info.get("text_tower"), "params": None}
+    else:
+        model = load_weights(weights)
+        ev = Evaluator(model, TextEncoder(model.cfg.text_tower))
+        source = {
+            "weights": str(weights),
+            "text_tower": model.cfg.text_tower,
+            "params": int(sum(p.numel() for p in model.parameters())),
+        }
     rng = np.random.default_rng(seed)
     res = {
-        "weights": str(weights),
+        **source,
         "seed": seed,
-        "text_tower": model.cfg.text_tower,
-        "params": int(sum(p.numel() for p in model.parameters())),
         "properties": property_checks(ev, per_kind, rng),
         "retrieval": retrieval_and_errors(ev, rng, gallery),
         "retrieval_1000": {
@@ -274,14 +313,33 @@ def evaluate(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default="runs/default/model.safetensors")
-    ap.add_argument("--out", default=None, help="eval.json (default beside the weights)")
+    ap.add_argument(
+        "--bundle",
+        default=None,
+        help="evaluate this exported bundle through l2m_sdk (ONNX Runtime) instead of --weights",
+    )
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="eval.json (default beside the weights; runs/eval-<bundle>.json with --bundle)",
+    )
     ap.add_argument("--per-kind", type=int, default=48)
     ap.add_argument("--seed", type=int, default=EVAL_SEED)
     ap.add_argument("--card", default=None, help="also write a model card here (e.g. MODEL_CARD.md)")
     ap.add_argument("--train-cmd", default="python -m export.train --preset default")
     args = ap.parse_args(argv)
-    res = evaluate(args.weights, per_kind=args.per_kind, seed=args.seed)
-    out = Path(args.out or Path(args.weights).with_name("eval.json"))
+    if args.bundle and args.card:
+        ap.error("--card is written from --weights (the model card describes the trained weights)")
+    res = evaluate(
+        None if args.bundle else args.weights, per_kind=args.per_kind, seed=args.seed, bundle=args.bundle
+    )
+    if args.out:
+        out = Path(args.out)
+    elif args.bundle:  # not inside the bundle: its manifest lists every file it holds
+        out = Path("runs") / f"eval-{Path(args.bundle).resolve().name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        out = Path(args.weights).with_name("eval.json")
     out.write_text(json.dumps(res, indent=1))
     print(json.dumps(res["summary"], indent=1))
     print(json.dumps(res["properties"]["pass_rate"], indent=1))
