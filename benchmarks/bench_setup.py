@@ -74,8 +74,10 @@ def clip_bundle(default_bundle: Path, cache: Path, progress=None) -> Path:
     """Build (once) a ViT-B-32 bundle with random weights, sized like the default model; returns its dir."""
     base_cfg = json.loads((default_bundle / "manifest.json").read_text())["model"]
     cfg = {**base_cfg, "dim": 512, "text_tower": f"clip:{CLIP_ARCH}", "decoder": "nar"}
-    # the last part names the bundle layout: bump it when export.bundle writes different files
-    out = cache / f"clip-{CLIP_ARCH}-{_digest(cfg, CLIP_SEED, 'ort_graphs')}"
+    # the bundle layout ('ort_graphs': bump when export.bundle writes different files) and the fusion
+    # pass's source (a changed fusion rebuilds the fused graphs)
+    fusion = hashlib.sha256((Path(__file__).parents[1] / "export" / "ort_fuse.py").read_bytes()).hexdigest()
+    out = cache / f"clip-{CLIP_ARCH}-{_digest(cfg, CLIP_SEED, 'ort_graphs', fusion)}"
     if (out / "manifest.json").exists():
         return out
     import torch

@@ -125,6 +125,12 @@ def test_harness_rows_checks_and_tables(tmp_path, rng):
     row = b.l2m_row("default", "ORT CPU fp32", m)
     b.text_rate(m, "default", "ORT CPU fp32")
     b.search(m, "default")
+    # side by side with a stand-in reference (the real one needs CLIP): both schedules recorded
+    ref = SimpleNamespace(generate=lambda texts: np.linalg.qr(rng.standard_normal((64, 64)))[0])
+    sbs = b.side_by_side(ref, {"ORT CPU fp32": m})
+    assert set(sbs) == {"back_to_back", "idle_gap"}
+    for sched in sbs.values():
+        assert set(sched) == {"reference", "ORT CPU fp32"} and all(v["n"] == 20 for v in sched.values())
     out = b.out
     assert all(c.get("ok", True) for c in out["checks"].values()), out["checks"]
     assert "default: generate B=3 row 0 vs B=1" in out["checks"]
@@ -145,6 +151,8 @@ def test_harness_rows_checks_and_tables(tmp_path, rng):
     assert any("p99" in a["what"] for a in out["acceptance"])
     md = R.write(out, tmp_path)
     assert "| default | ORT CPU fp32 |" in md and "Not measured here" in md
+    assert "ms idle before each" in md and "back to back" in md
+    assert any("CLIP: ORT CPU fp32 vs reference" in a["what"] for a in out["acceptance"])
     assert f"{row['generate_b1']['p50']:.2f}" in md
     back = json.loads((tmp_path / "latency.json").read_text())
     assert back["rows"][0]["generate_b1"] == row["generate_b1"]
