@@ -193,3 +193,24 @@ def test_evaluation_runs_and_states_its_sizes(seed, tiny_evaluator):
     with torch.inference_mode():
         gen = tiny_evaluator.generate(caps[:3], np.zeros((3, 5, 2), np.float32), 12)
     assert gen.shape == (3, 12, 5, 2) and np.array_equal(gen[:, 0], np.zeros((3, 5, 2), np.float32))
+
+
+def test_bundle_evaluator_measures_what_the_torch_one_does(seed, tiny_minilm):
+    """`export.evaluate --bundle`: the SDK-side evaluator gives the torch evaluator's embeddings,
+    generations and decodes for the same weights (ONNX vs torch: 1e-4), so its figures are comparable."""
+    from export.evaluate import SdkEvaluator
+
+    rng = np.random.default_rng(seed)
+    ev_t = Evaluator(tiny_minilm.model, tiny_minilm.text)
+    ev_s = SdkEvaluator(tiny_minilm.bundle)
+    _, caps = heldout_items(5, rng)
+    traj = np.stack([synthesize({"family": "rotate", "sense": "cw"}, 16, 7, rng) for _ in caps])
+    np.testing.assert_allclose(ev_s.text(caps).numpy(), ev_t.text(caps).numpy(), atol=1e-4)
+    z = ev_t.motion(traj).numpy()
+    np.testing.assert_allclose(ev_s.motion(traj).numpy(), z, atol=1e-4)
+    np.testing.assert_allclose(ev_s.decode(z, traj[:, 0], 16), ev_t.decode(z, traj[:, 0], 16), atol=1e-4)
+    np.testing.assert_allclose(
+        ev_s.generate(caps, traj[:, 0], 16), ev_t.generate(caps, traj[:, 0], 16), atol=1e-4
+    )
+    res = retrieval_and_errors(ev_s, rng, gallery=12, T=16, N=9)
+    assert res["gallery"] == 12 and 0.0 <= res["text_to_motion"]["R@1"] <= 1.0
