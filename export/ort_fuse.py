@@ -212,9 +212,21 @@ class _Builder:
             self.G.inits[name] = t
         return name
 
-    def node(self, op: str, inputs: list[str], outputs: list[str] | None = None, domain: str = "", **kw):
+    def node(
+        self,
+        op: str,
+        inputs: list[str],
+        outputs: list[str] | None = None,
+        domain: str = "",
+        dtype: int | None = None,
+        **kw,
+    ):
+        """A new node; `dtype` (TensorProto type) records its output's element type as value_info, which
+        tools that run ONNX shape inference need past contrib ops (onnxruntime's quantizer)."""
         self.count += 1
         outs = outputs or [f"fuse_{op.lower()}_{self.count}"]
+        if dtype is not None and outs[0] not in self.G.outputs:
+            self.G.g.value_info.append(helper.make_tensor_value_info(outs[0], dtype, None))
         return helper.make_node(op, inputs, outs, name=f"fuse_{op}_{self.count}", domain=domain, **kw), outs[
             0
         ]
@@ -308,7 +320,7 @@ def _fuse_attention(G: _Graph) -> int:
                 st = b.const(f"fuse_slice_{i * W}", np.array([i * W], np.int64))
                 en = b.const(f"fuse_slice_{(i + 1) * W}", np.array([(i + 1) * W], np.int64))
                 ax = b.const("fuse_axis_last", np.array([-1], np.int64))
-                n, out = b.node("Slice", [packed, st, en, ax])
+                n, out = b.node("Slice", [packed, st, en, ax], dtype=onnx.TensorProto.FLOAT)
                 new.append(n)
                 srcs.append(out)
         if q and k and v:
@@ -440,28 +452,33 @@ def _fuse_seq_first_attention(G: _Graph) -> int:
         if m is not None and m.ndim != 4:
             continue
         new = []
-        n, packed = b.node("MatMul", [x, mm.input[1]])
+        n, packed = b.node("MatMul", [x, mm.input[1]], dtype=onnx.TensorProto.FLOAT)
         new.append(n)
         srcs = []
         for i in range(3):
             st = b.const(f"fuse_slice_{i * W}", np.array([i * W], np.int64))
             en = b.const(f"fuse_slice_{(i + 1) * W}", np.array([(i + 1) * W], np.int64))
             ax = b.const("fuse_axis_last", np.array([-1], np.int64))
-            n, out = b.node("Slice", [packed, st, en, ax])
+            n, out = b.node("Slice", [packed, st, en, ax], dtype=onnx.TensorProto.FLOAT)
             new.append(n)
             srcs.append(out)
         bias = b.const(f"fuse_qkv_bias_{b.count}", found[1])
         n, att = b.node(
-            "MultiHeadAttention", srcs + [bias, "", mask], domain=MS, num_heads=heads, scale=float(c1 * c2)
+            "MultiHeadAttention",
+            srcs + [bias, "", mask],
+            domain=MS,
+            dtype=onnx.TensorProto.FLOAT,
+            num_heads=heads,
+            scale=float(c1 * c2),
         )
         new.append(n)
         flat = b.const(f"fuse_flat_{W}", np.array([-1, W], np.int64))
-        n, att2 = b.node("Reshape", [att, flat])
+        n, att2 = b.node("Reshape", [att, flat], dtype=onnx.TensorProto.FLOAT)
         new.append(n)
-        n, proj = b.node("Gemm", [att2] + list(gemm.input[1:]))
+        n, proj = b.node("Gemm", [att2] + list(gemm.input[1:]), dtype=onnx.TensorProto.FLOAT)
         n.attribute.extend(gemm.attribute)
         new.append(n)
-        n, shp = b.node("Shape", [x])
+        n, shp = b.node("Shape", [x], dtype=onnx.TensorProto.INT64)
         new.append(n)
         n, _ = b.node("Reshape", [proj, shp], [tr2.output[0]])
         new.append(n)
@@ -488,6 +505,10 @@ def _prune(G: _Graph) -> None:
     keep = [t for t in G.g.initializer if t.name in used]
     del G.g.initializer[:]
     G.g.initializer.extend(keep)
+    made = {o for n in G.g.node for o in n.output}
+    vi = [v for v in G.g.value_info if v.name in made]
+    del G.g.value_info[:]
+    G.g.value_info.extend(vi)
     known = {i.name for i in G.g.input} | {t.name for t in G.g.initializer} | {""}
     order, pending = [], list(G.g.node)
     while pending:

@@ -177,6 +177,16 @@ def test_clip_attention_fusion_exact_and_checked(tiny_clip, tmp_path, monkeypatc
     feeds = {"input_ids": ids, "attention_mask": mask}
     want, got = a.run(None, feeds)[0], b.run(None, feeds)[0]
     assert np.abs(want - got).max() < 1e-4
+    # the fused graph types its new tensors, so onnxruntime's dynamic quantizer (which runs ONNX shape
+    # inference, blind past contrib ops) accepts it: the benchmark's int8 CLIP bundles are built so
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(tmp_path / "text.ort.onnx", tmp_path / "text.int8.onnx", weight_type=QuantType.QInt8)
+    q = ort.InferenceSession(str(tmp_path / "text.int8.onnx"), providers=["CPUExecutionProvider"])
+    assert _ops(tmp_path / "text.int8.onnx")["MultiHeadAttention"] == counts["attention"]
+    got_q = q.run(None, feeds)[0]
+    cos = (got_q * want).sum(-1) / np.linalg.norm(got_q, axis=-1) / np.linalg.norm(want, axis=-1)
+    assert cos.min() > 0.9, cos
     real = ort_fuse._fuse_seq_first_attention
 
     def broken(kind):
