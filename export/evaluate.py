@@ -2,9 +2,11 @@
 
     python -m export.evaluate --weights runs/default/model.safetensors [--out runs/default/eval.json]
                               [--card MODEL_CARD.md]
+    python -m export.evaluate --bundle l2m_sdk/assets/default [--out runs/eval-default.json]
 
 Everything is measured through the PyTorch modules (the ONNX graphs equal them within 1e-5, see
-tests/test_onnx_parity.py). Held-out captions use objects, verbs, adverbs and direction forms that
+tests/test_onnx_parity.py), or with `--bundle DIR` through l2m_sdk on an exported bundle (quantized text
+towers included). Held-out captions use objects, verbs, adverbs and direction forms that
 never occur in training captions (export/captions.py), so "held out" means unseen phrasings.
 
 Reported: text->motion and motion->text R@1/5/10 with the gallery size; ADE/FDE of text-generated vs
@@ -274,6 +276,10 @@ def evaluate(
     bundle: str | Path | None = None,
 ) -> dict:
     """Evaluate weights through the PyTorch modules, or (bundle=DIR) an exported bundle through l2m_sdk."""
+    if (weights is None) == (bundle is None):
+        raise ValueError(
+            "evaluate() takes weights (model.safetensors) or bundle (an exported bundle dir), one of them"
+        )
     torch.set_num_threads(2)
     if bundle is not None:
         ev = SdkEvaluator(bundle)

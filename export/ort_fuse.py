@@ -354,7 +354,7 @@ def _fuse_attention(G: _Graph) -> int:
 
 
 def _back_to_gather(G: _Graph, name: str) -> onnx.NodeProto | None:
-    """Walk back through Reshape / Transpose / Mul-by-scalar (data input only) to a Gather."""
+    """Walk back through Reshape / Transpose nodes (data input) to a Gather, if that is where it leads."""
     for _ in range(12):
         n = G.producer.get(name)
         if n is None:
