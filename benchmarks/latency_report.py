@@ -31,7 +31,12 @@ def acceptance(out: dict) -> list[dict]:
     d = rows.get(("default", "ORT CPU fp32"))
     if d:
         p99 = d["generate_b1"]["p99"]
-        add("default bundle generate B=1 p99, ORT CPU fp32", "< 8 ms", f"{p99:.2f} ms", p99 < 8)
+        add(
+            "default bundle generate B=1 p99, ORT CPU fp32 (typical prompts, 8-20 tokens)",
+            "< 8 ms",
+            f"{p99:.2f} ms (the 12-token prompt alone: {d['generate_12tok']['p99']:.2f} ms)",
+            p99 < 8,
+        )
     cs = out.get("cold_start", {}).get("default / ORT CPU fp32")
     if cs:
         add(
@@ -102,7 +107,10 @@ def markdown(out: dict) -> str:
         "",
         "## generate, B = 1 (ms; stages at the 12-token prompt, p50)",
         "",
-        "| config | backend | generate p50 / p90 / p99 | 12-tok p50 | GFLOP/call | GFLOP/s (% GEMM) | "
+        "generate: the 12 typical prompts in turn (8-20 tokens, so its tail includes the longest prompts); "
+        "12-tok: the 12-token prompt alone.",
+        "",
+        "| config | backend | generate p50 / p90 / p99 | 12-tok p50 / p99 | GFLOP/call | GFLOP/s (% GEMM) | "
         "tokenize | text tower | decoder | render |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -111,7 +119,8 @@ def markdown(out: dict) -> str:
         cells = [f"{st[s]['p50']:.3f}" if s in st else "–" for s in STAGES]
         L.append(
             f"| {r['config']} | {r['backend']} | {gb['p50']:.2f} / {gb['p90']:.2f} / {gb['p99']:.2f} | "
-            f"{r['generate_12tok']['p50']:.2f} | {r['flops']['generate'] / 1e9:.3f} | "
+            f"{r['generate_12tok']['p50']:.2f} / {r['generate_12tok']['p99']:.2f} | "
+            f"{r['flops']['generate'] / 1e9:.3f} | "
             f"{_rate(r['flops']['generate'], r['generate_12tok']['p50'], gemm)} | " + " | ".join(cells) + " |"
         )
     sbs = out.get("side_by_side")
