@@ -232,6 +232,19 @@ class _Builder:
         ]
 
 
+def _split_qkv(b: _Builder, packed: str, W: int, new: list) -> list[str]:
+    """q, k, v as three Slices of a (.., 3W) tensor along its last axis; the nodes go to `new`."""
+    srcs = []
+    for i in range(3):
+        st = b.const(f"fuse_slice_{i * W}", np.array([i * W], np.int64))
+        en = b.const(f"fuse_slice_{(i + 1) * W}", np.array([(i + 1) * W], np.int64))
+        ax = b.const("fuse_axis_last", np.array([-1], np.int64))
+        n, out = b.node("Slice", [packed, st, en, ax], dtype=onnx.TensorProto.FLOAT)
+        new.append(n)
+        srcs.append(out)
+    return srcs
+
+
 def _bias_of(G: _Graph, name: str, width: int) -> tuple[str, np.ndarray] | None:
     """(matmul output, bias) when `name` = Add(MatMul(..), constant bias of `width`) in either order."""
     add = G.prod(name, "Add")
@@ -315,14 +328,7 @@ def _fuse_attention(G: _Graph) -> int:
             found = _bias_of(G, packed, 3 * W)
             if found is not None:  # slice the MatMul output; MultiHeadAttention adds the packed bias
                 packed, packed_bias = found[0], b.const(f"fuse_qkv_bias_{b.count}", found[1])
-            srcs = []
-            for i in range(3):
-                st = b.const(f"fuse_slice_{i * W}", np.array([i * W], np.int64))
-                en = b.const(f"fuse_slice_{(i + 1) * W}", np.array([(i + 1) * W], np.int64))
-                ax = b.const("fuse_axis_last", np.array([-1], np.int64))
-                n, out = b.node("Slice", [packed, st, en, ax], dtype=onnx.TensorProto.FLOAT)
-                new.append(n)
-                srcs.append(out)
+            srcs = _split_qkv(b, packed, W, new)
         if q and k and v:
             inputs = _absorb_bias(G, b, srcs, heads * hs) + ["", ""]
         else:
@@ -454,14 +460,7 @@ def _fuse_seq_first_attention(G: _Graph) -> int:
         new = []
         n, packed = b.node("MatMul", [x, mm.input[1]], dtype=onnx.TensorProto.FLOAT)
         new.append(n)
-        srcs = []
-        for i in range(3):
-            st = b.const(f"fuse_slice_{i * W}", np.array([i * W], np.int64))
-            en = b.const(f"fuse_slice_{(i + 1) * W}", np.array([(i + 1) * W], np.int64))
-            ax = b.const("fuse_axis_last", np.array([-1], np.int64))
-            n, out = b.node("Slice", [packed, st, en, ax], dtype=onnx.TensorProto.FLOAT)
-            new.append(n)
-            srcs.append(out)
+        srcs = _split_qkv(b, packed, W, new)
         bias = b.const(f"fuse_qkv_bias_{b.count}", found[1])
         n, att = b.node(
             "MultiHeadAttention",
