@@ -245,6 +245,16 @@ def _split_qkv(b: _Builder, packed: str, W: int, new: list) -> list[str]:
     return srcs
 
 
+def _replace(G: _Graph, old: onnx.NodeProto, new: list) -> None:
+    """Put `new` where `old` stands (the last of them takes over its output), drop `old`; the nodes it
+    leaves unread go in _prune."""
+    idx = list(G.g.node).index(old)
+    for n in reversed(new):
+        G.g.node.insert(idx, n)
+    G.g.node.remove(old)
+    G.refresh()
+
+
 def _bias_of(G: _Graph, name: str, width: int) -> tuple[str, np.ndarray] | None:
     """(matmul output, bias) when `name` = Add(MatMul(..), constant bias of `width`) in either order."""
     add = G.prod(name, "Add")
@@ -350,11 +360,7 @@ def _fuse_attention(G: _Graph) -> int:
             "MultiHeadAttention", inputs, [merge.output[0]], domain=MS, num_heads=heads, scale=float(scale)
         )
         new.append(mha)
-        idx = list(G.g.node).index(merge)
-        for n in reversed(new):
-            G.g.node.insert(idx, n)
-        G.g.node.remove(merge)
-        G.refresh()
+        _replace(G, merge, new)
         done += 1
     return done
 
@@ -481,11 +487,7 @@ def _fuse_seq_first_attention(G: _Graph) -> int:
         new.append(n)
         n, _ = b.node("Reshape", [proj, shp], [tr2.output[0]])
         new.append(n)
-        idx = list(G.g.node).index(tr2)
-        for n in reversed(new):
-            G.g.node.insert(idx, n)
-        G.g.node.remove(tr2)
-        G.refresh()
+        _replace(G, tr2, new)
         done += 1
     return done
 
