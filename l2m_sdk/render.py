@@ -84,7 +84,8 @@ def _check_traj(traj) -> tuple[np.ndarray, bool]:
     if np.iscomplexobj(traj):  # numpy would drop the imaginary part with only a warning
         raise ValueError(f"{_SHAPE_HINT} of real numbers; got a complex array")
     try:
-        arr = np.asarray(traj, dtype=np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: reported below
+            arr = np.asarray(traj, dtype=np.float32)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{_SHAPE_HINT}; got an object numpy cannot turn into float32 ({e})") from e
     if arr.ndim not in (3, 4) or arr.shape[-1] != 2 or 0 in arr.shape:
@@ -92,7 +93,8 @@ def _check_traj(traj) -> tuple[np.ndarray, bool]:
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(
-            f"{_SHAPE_HINT} of finite values; got NaN or inf at index {tuple(int(i) for i in bad)}"
+            f"{_SHAPE_HINT} of finite values (normalised coordinates, about [-1, 1]); got NaN, inf or a "
+            f"value beyond float32's range at index {tuple(int(i) for i in bad)}"
         )
     batched = arr.ndim == 4
     return np.ascontiguousarray(arr if batched else arr[None]), batched

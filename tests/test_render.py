@@ -172,10 +172,12 @@ def test_render_frames_and_files(tmp_path, rng, cpu_lib):
         np.zeros((2, 0, 4, 2)),
         np.array([[[0.0, np.nan]]]),
         np.array([[[np.inf, 0.0]]]),
+        np.array([[[1e300, 0.0]]]),  # finite float64, inf as float32: an error, not a RuntimeWarning
         np.zeros((5, 3, 2), np.complex64),
         "not an array",
     ],
 )
+@pytest.mark.filterwarnings("error")
 def test_bad_trajectories_raise_value_error(bad):
     with pytest.raises(ValueError, match=r"\(T, N, 2\)"):
         R.render(bad)
