@@ -441,6 +441,9 @@ def save_png(path, traj_or_img, **render_kwargs) -> Path:
     return path
 
 
+_GIF_MAX_MS = 655_350  # GIF frame delays are 16-bit counts of 10 ms
+
+
 def save_gif(path, traj, fps: float = 15, size=224, hold_last_s: float = 1.0, **render_kwargs) -> Path:
     """Write an animated GIF of one trajectory (T, N, 2), or of frames (F, H, W, 3) uint8 as they are.
 
@@ -449,8 +452,16 @@ def save_gif(path, traj, fps: float = 15, size=224, hold_last_s: float = 1.0, **
     from PIL import Image
 
     fps = float(fps)
-    if not np.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a positive number; got {fps!r}")
+    if not np.isfinite(fps) or fps < 1000.0 / _GIF_MAX_MS:
+        raise ValueError(
+            f"fps must be a number >= {1000.0 / _GIF_MAX_MS:.5f} (a GIF frame lasts at most "
+            f"{_GIF_MAX_MS / 1000:.2f} s); got {fps!r}"
+        )
+    hold_last_s = float(hold_last_s)
+    if not 0 <= hold_last_s <= _GIF_MAX_MS / 1000:  # also False for NaN
+        raise ValueError(
+            f"hold_last_s must be within [0, {_GIF_MAX_MS / 1000:.2f}] seconds; got {hold_last_s!r}"
+        )
     arr = np.asarray(traj)
     if arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3:
         frames = arr
@@ -465,7 +476,16 @@ def save_gif(path, traj, fps: float = 15, size=224, hold_last_s: float = 1.0, **
     durations[-1] = max(ms, int(round(1000.0 * hold_last_s)))
     images = [Image.fromarray(f) for f in frames]
     path = Path(path)
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    try:
+        images[0].save(
+            path, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0
+        )
+    except OverflowError as e:  # Pillow merges identical frames and adds their delays past 16 bits
+        path.unlink(missing_ok=True)
+        raise ValueError(
+            f"identical consecutive frames at fps={fps:g} add up to more than {_GIF_MAX_MS / 1000:.2f} s, "
+            "the longest a GIF frame can last (Pillow merges them); raise fps or drop repeated frames"
+        ) from e
     return path
 
 

@@ -241,3 +241,20 @@ def test_module_is_callable_like_the_function(rng, cpu_lib):
     traj, size, kw = _random_case(rng, "smooth")
     np.testing.assert_array_equal(l2m_sdk.render(traj, size, **kw), R.render(traj, size, **kw))
     assert callable(l2m_sdk.render.save_png) and callable(l2m_sdk.render.save_gif)
+
+
+def test_gif_delays_past_the_format_limit_are_value_errors(tmp_path):
+    """A GIF frame lasts at most 655.35 s (16-bit delays in 10 ms). Too low an fps or too long a hold is
+    refused up front; identical frames that Pillow merges past the limit (hypothesis found two at
+    fps 0.00195 raising OverflowError inside Pillow) are a ValueError too, and leave no partial file."""
+    from PIL import Image
+
+    traj = np.array([[[0.27, -0.46]], [[-0.92, -0.97]]], np.float32)
+    out = tmp_path / "g.gif"
+    for kw in ({"fps": 0.0015}, {"fps": 15, "hold_last_s": float("nan")}, {"fps": 15, "hold_last_s": 700.0}):
+        with pytest.raises(ValueError, match="fps|hold_last_s"):
+            R.save_gif(out, traj, size=1, **kw)
+    with pytest.raises(ValueError, match="identical consecutive frames"):
+        R.save_gif(out, traj, fps=0.001953125, size=1)  # 1x1 frames: both identical, 2 x 512 s merged
+    assert not out.exists()
+    assert Image.open(R.save_gif(out, traj, fps=0.002, size=8)).n_frames >= 1  # near the limit, distinct
