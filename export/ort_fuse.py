@@ -255,6 +255,19 @@ def _replace(G: _Graph, old: onnx.NodeProto, new: list) -> None:
     G.refresh()
 
 
+def _head_merge(G: _Graph, sm: onnx.NodeProto, perm: list[int]) -> tuple | None:
+    """(MatMul(softmax, v), Reshape) when the Softmax `sm` is read only by MatMul(sm, v), then
+    Transpose(perm) and a Reshape that merge the heads back (the tail both attention patterns share)."""
+    pv = G.only_consumer(sm.output[0], "MatMul")
+    if pv is None or pv.input[0] != sm.output[0]:
+        return None
+    tr = G.only_consumer(pv.output[0], "Transpose")
+    if G.perm(tr) != perm:
+        return None
+    merge = G.only_consumer(tr.output[0], "Reshape")
+    return (pv, merge) if merge is not None else None
+
+
 def _bias_of(G: _Graph, name: str, width: int) -> tuple[str, np.ndarray] | None:
     """(matmul output, bias) when `name` = Add(MatMul(..), constant bias of `width`) in either order."""
     add = G.prod(name, "Add")
@@ -305,15 +318,10 @@ def _fuse_attention(G: _Graph) -> int:
             continue
         scale = c if scaled.op_type == "Mul" else 1.0 / c
         qk = G.prod(mm_in, "MatMul")
-        pv = G.only_consumer(sm.output[0], "MatMul")
-        if pv is None or pv.input[0] != sm.output[0]:
+        tail = _head_merge(G, sm, [0, 2, 1, 3])
+        if tail is None:
             continue
-        tr = G.only_consumer(pv.output[0], "Transpose")
-        if G.perm(tr) != [0, 2, 1, 3]:
-            continue
-        merge = G.only_consumer(tr.output[0], "Reshape")
-        if merge is None:
-            continue
+        pv, merge = tail
         new = []
         # BERT layout
         q = _bert_qkv(G, qk.input[0], [0, 2, 1, 3])
@@ -416,14 +424,11 @@ def _fuse_seq_first_attention(G: _Graph) -> int:
             continue
         qsrc, c1 = _scaled_operand(G, qk.input[0])
         ksrc, c2 = _scaled_operand(G, qk.input[1])
-        pv = G.only_consumer(sm.output[0], "MatMul")
-        if pv is None or pv.input[0] != sm.output[0]:
+        tail = _head_merge(G, sm, [2, 0, 1, 3])
+        if tail is None:
             continue
-        tr = G.only_consumer(pv.output[0], "Transpose")
-        if G.perm(tr) != [2, 0, 1, 3]:
-            continue
-        r1 = G.only_consumer(tr.output[0], "Reshape")
-        gemm = G.only_consumer(r1.output[0], "Gemm") if r1 is not None else None
+        pv, r1 = tail
+        gemm = G.only_consumer(r1.output[0], "Gemm")
         r2 = G.only_consumer(gemm.output[0], "Reshape") if gemm is not None else None
         tr2 = G.only_consumer(r2.output[0], "Transpose") if r2 is not None else None
         if G.perm(tr2) != [1, 0, 2]:
