@@ -109,72 +109,13 @@ def clip_bundle(default_bundle: Path, cache: Path, progress=None) -> Path:
 
 
 # ------------------------------------------------------------------------------------ quantization
-def _inline_text_graph(bundle_dir: Path, dst: Path) -> Path:
-    """text.onnx with every initializer inlined (the bundle's external links resolved), so the
-    quantizer sees plain weights. Large graphs are saved with external data next to dst."""
-    import onnx
-    from onnx import numpy_helper
-    from onnx.external_data_helper import uses_external_data
-
-    from l2m_sdk.bundle import load_bundle
-
-    b = load_bundle(bundle_dir, verify=False)
-    text = b.ort_file("text")
-    m = onnx.load(str(text), load_external_data=False)
-    ext = b.external.get(text.name, {})
-    st_raw = None
-    for i, t in enumerate(m.graph.initializer):
-        if not uses_external_data(t):
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        if t.name in ext:
-            arr = np.asarray(ext[t.name])
-        else:
-            if st_raw is None or st_raw[0] != info["location"]:
-                st_raw = (
-                    info["location"],
-                    np.memmap(bundle_dir / info["location"], dtype=np.uint8, mode="r"),
-                )
-            off, n = int(info.get("offset", 0)), int(info["length"])
-            arr = np.frombuffer(st_raw[1], dtype="<f4", count=n // 4, offset=off).reshape(list(t.dims))
-        m.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array(arr, np.float32), t.name))
-    _fold_weight_transposes(m)
-    big = sum(np.prod(t.dims) for t in m.graph.initializer) * 4 > 1.5e9
-    onnx.save(m, str(dst), save_as_external_data=big, location=dst.name + ".data" if big else None)
-    return dst
-
-
-def _fold_weight_transposes(m) -> None:
-    """Replace Transpose(initializer) by the transposed initializer. The bundle writer links Linear
-    weights to their safetensors copy through a Transpose; the quantizer only quantizes MatMuls whose
-    weight is an initializer, so without this it would skip nearly all of them."""
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in m.graph.initializer}
-    keep, new = [], {}
-    for n in m.graph.node:
-        if n.op_type == "Transpose" and n.input[0] in inits:
-            perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
-            arr = numpy_helper.to_array(inits[n.input[0]])
-            new[n.output[0]] = numpy_helper.from_array(np.ascontiguousarray(arr.transpose(perm)), n.output[0])
-        else:
-            keep.append(n)
-    if not new:
-        return
-    used = {x for n in keep for x in n.input} | {o.name for o in m.graph.output}
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    old = [t for t in m.graph.initializer if t.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(old + list(new.values()))
-
-
 RECIPES = {
     # name: (human description, quantize_dynamic keyword arguments)
     "int8-per-channel": ("dynamic int8, per-channel weights, all MatMuls", {"per_channel": True}),
-    "int8-per-channel-ffn-fp32": (
-        "dynamic int8, per-channel weights; the FFN down-projections (post-GELU outliers) kept fp32",
-        {"per_channel": True, "_exclude_ffn_out": True},
+    "int8-smooth": (
+        "dynamic int8, per-channel 7-bit weights (reduce_range), all MatMuls, activations smoothed per "
+        "channel (SmoothQuant, export/quantize.py)",
+        {"per_channel": True, "reduce_range": True, "_smooth": True},
     ),
     "int8-weights-b32": (
         "MatMulNBits: 8-bit weights in blocks of 32 along K, int8 compute (accuracy_level 4)",
@@ -185,21 +126,6 @@ RECIPES = {
         {"_nbits": {"bits": 4, "block_size": 32, "accuracy_level": 4}},
     ),
 }
-
-
-def _ffn_out_matmuls(model_path: Path) -> list[str]:
-    """MatMul nodes whose constant weight (K, N) has K >= 2N: the feed-forward down-projections, whose
-    post-GELU inputs carry the outliers that per-tensor activation scales handle worst."""
-    import onnx
-
-    m = onnx.load(str(model_path), load_external_data=False)
-    dims = {t.name: list(t.dims) for t in m.graph.initializer}
-    out = []
-    for n in m.graph.node:
-        w = dims.get(n.input[1]) if n.op_type == "MatMul" and len(n.input) > 1 else None
-        if w is not None and len(w) == 2 and w[0] >= 2 * w[1]:
-            out.append(n.name)
-    return out
 
 
 def _quantize_nbits(src: Path, dst: Path, opts: dict) -> None:
@@ -228,16 +154,20 @@ def quantized_bundle(bundle_dir: Path, cache: Path, recipe: str) -> Path:
     fused graphs) is quantized with `recipe` (see RECIPES); cached."""
     from onnxruntime.quantization import quantize_dynamic
 
+    from export.quantize import inline_text_graph
     from l2m_sdk.bundle import load_bundle, sha256_file
 
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    out = cache / f"{bundle_dir.name}-{recipe}-{_digest(manifest['files'], recipe)}"
+    # keyed by the recipe's settings and the smoothing code too, so changing either rebuilds the copy
+    smoothing = hashlib.sha256((Path(__file__).parents[1] / "export" / "quantize.py").read_bytes())
+    key = _digest(manifest["files"], recipe, RECIPES[recipe], smoothing.hexdigest())
+    out = cache / f"{bundle_dir.name}-{recipe}-{key}"
     if (out / "manifest.json").exists():
         return out
     kw = dict(RECIPES[recipe][1])
     tmp = Path(tempfile.mkdtemp(prefix=".q-", dir=cache))  # quantizer temp files land here (PITFALLS)
     try:
-        src = _inline_text_graph(bundle_dir, tmp / "text_fp32.onnx")
+        src = inline_text_graph(bundle_dir, tmp / "text_fp32.onnx")
         text_name = load_bundle(bundle_dir, verify=False).ort_file("text").name  # the graph ORT runs
         stage = tmp / "bundle"
         shutil.copytree(bundle_dir, stage, ignore=shutil.ignore_patterns("engines", "image_tower.onnx*"))
@@ -248,8 +178,9 @@ def quantized_bundle(bundle_dir: Path, cache: Path, recipe: str) -> Path:
             if nbits is not None:
                 _quantize_nbits(src, stage / text_name, nbits)
             else:
-                exclude = _ffn_out_matmuls(src) if kw.pop("_exclude_ffn_out", False) else []
-                quantize_dynamic(src, stage / text_name, nodes_to_exclude=exclude, **kw)
+                if kw.pop("_smooth", False):
+                    src = _smoothed(bundle_dir, src, tmp / "text_smoothed.onnx")
+                quantize_dynamic(src, stage / text_name, **kw)
         finally:
             os.chdir(cwd)
         manifest = json.loads((stage / "manifest.json").read_text())
@@ -266,6 +197,29 @@ def quantized_bundle(bundle_dir: Path, cache: Path, recipe: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _smoothed(bundle_dir: Path, src: Path, dst: Path) -> Path:
+    """src with its MatMul inputs smoothed (export/quantize.py), calibrated on prompts the accuracy
+    gate does not use; the smoothed fp32 graph is checked against src before it is quantized."""
+    from export.quantize import calibration_prompts, smooth
+    from l2m_sdk.tokenizer import TextTokenizer
+
+    calib = calibration_prompts()
+    if set(calib) & set(prompts(64)):
+        raise RuntimeError("calibration prompts overlap the accuracy gate's prompts")
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    spec = manifest["tokenizer"]
+    tok = TextTokenizer(bundle_dir / spec.get("file", "tokenizer.json"), spec)
+    feeds = []
+    for p in calib:
+        b = tok.encode([p])
+        feeds.append({"input_ids": b.input_ids, "attention_mask": b.attention_mask})
+    diff = smooth(src, dst, feeds)
+    if diff > 1e-4:  # relative; fp32 rounding of the rescaled products is ~1e-6
+        raise RuntimeError(f"smoothing changed the fp32 text embedding by {diff:.2e} relative (> 1e-4)")
+    log.info("smoothed %s: fp32 max |diff| %.2e", src.name, diff)
+    return dst
 
 
 def accuracy_gate(fp32_model, q_model, prompts: list[str]) -> dict:

@@ -38,7 +38,7 @@ import l2m_sdk.model, onnxruntime, tokenizers  # what Model() imports on first u
 t2 = time.perf_counter()
 bundle = l2m_sdk.model.load_bundle(sys.argv[1])  # reads the manifest, checks every file's sha256
 t3 = time.perf_counter()
-m = l2m_sdk.load(bundle, backend="ort", device="cpu", threads=int(sys.argv[2]))
+m = l2m_sdk.load(bundle, backend="ort", device="cpu", threads=int(sys.argv[2]), precision=sys.argv[4])
 t4 = time.perf_counter()
 m.generate(sys.argv[3])
 t5 = time.perf_counter()
@@ -84,14 +84,17 @@ def _py(code: str, *args: str) -> str:
     return r.stdout.strip().splitlines()[-1]
 
 
-def cold_start(kind: str, bundle: Path | None, threads: int, repeats: int, prompt: str) -> dict:
-    """kind "l2m" (bundle dir, ONNX Runtime CPU) or "reference": import + load + first generate in a
-    fresh interpreter; the run with the median total of `repeats`, plus that process's peak RSS (MB)."""
+def cold_start(
+    kind: str, bundle: Path | None, threads: int, repeats: int, prompt: str, precision: str = "fp32"
+) -> dict:
+    """kind "l2m" (bundle dir, ONNX Runtime CPU, l2m_sdk.load's precision) or "reference": import + load
+    + first generate in a fresh interpreter; the run with the median total of `repeats`, plus that
+    process's peak RSS (MB)."""
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = json.loads(
-            _py(_COLD_REF if kind == "reference" else _COLD_L2M, str(bundle), str(threads), prompt)
+            _py(_COLD_REF if kind == "reference" else _COLD_L2M, str(bundle), str(threads), prompt, precision)
         )
         out["process_wall_s"] = time.perf_counter() - t0  # includes interpreter start-up
         runs.append(out)

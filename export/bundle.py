@@ -26,6 +26,7 @@ from export.onnx_export import (
     link_initializers,
 )
 from export.ort_fuse import fuse_file
+from export.quantize import add_int8_text
 from export.text_towers import TextEncoder, minilm_dir
 from export.tokenizer_build import write_tokenizer
 from export.train import load_weights
@@ -55,8 +56,11 @@ def write_bundle(
     metrics: dict | None = None,
     training: dict | None = None,
     text_encoder: TextEncoder | None = None,
+    int8: bool = True,
 ) -> Path:
-    """Export graphs + manifest for the model in `weights` (model.safetensors from export.train)."""
+    """Export graphs + manifest for the model in `weights` (model.safetensors from export.train). With
+    int8 (default) a text tower whose weights come from a package (MiniLM) also gets the int8 text graph
+    that `l2m_sdk.load(precision="int8")` runs (export/quantize.py `write_int8_text`)."""
     weights, out = Path(weights), Path(out)
     model = load_weights(weights)
     spec = model.cfg.text_tower
@@ -123,6 +127,8 @@ def write_bundle(
             "metrics": metrics or {},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if int8:  # needs the bundle readable (written above): it calibrates on the fp32 text graph
+            add_int8_text(tmp)
         if not out.exists():
             tmp.rename(out)
         elif _exchange(tmp, out):  # one atomic step: the target holds the old bundle or the new one
@@ -149,12 +155,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="bundle directory to write")
     ap.add_argument("--name", default="default")
     ap.add_argument("--metrics", default=None, help="eval.json written by export.evaluate")
+    ap.add_argument("--no-int8", action="store_true", help="do not write the int8 text graph")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     cfg_path = Path(args.weights).with_name("config.json")
     training = json.loads(cfg_path.read_text()).get("train") if cfg_path.exists() else None
-    print(write_bundle(args.weights, args.out, args.name, metrics, training))
+    print(write_bundle(args.weights, args.out, args.name, metrics, training, int8=not args.no_int8))
 
 
 if __name__ == "__main__":

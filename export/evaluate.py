@@ -67,10 +67,12 @@ class SdkEvaluator:
     """The same measurements through an exported bundle run by l2m_sdk (ONNX Runtime, CPU): what users
     get, including quantized text towers (`--bundle DIR`)."""
 
-    def __init__(self, bundle: str | Path):
+    def __init__(self, bundle: str | Path, precision: str = "fp32"):
         import l2m_sdk
 
-        self.m = l2m_sdk.load(bundle, backend="ort", device="cpu", threads=2, cache_size=0)
+        self.m = l2m_sdk.load(
+            bundle, backend="ort", device="cpu", threads=2, cache_size=0, precision=precision
+        )
 
     def text(self, texts: list[str]) -> torch.Tensor:
         return torch.from_numpy(self.m.encode_text(list(texts)))
@@ -274,17 +276,24 @@ def evaluate(
     zs: int = 680,
     seed: int = EVAL_SEED,
     bundle: str | Path | None = None,
+    precision: str = "fp32",
 ) -> dict:
-    """Evaluate weights through the PyTorch modules, or (bundle=DIR) an exported bundle through l2m_sdk."""
+    """Evaluate weights through the PyTorch modules, or (bundle=DIR) an exported bundle through l2m_sdk
+    (at `precision`, l2m_sdk.load's option)."""
     if (weights is None) == (bundle is None):
         raise ValueError(
             "evaluate() takes weights (model.safetensors) or bundle (an exported bundle dir), one of them"
         )
     torch.set_num_threads(2)
     if bundle is not None:
-        ev = SdkEvaluator(bundle)
+        ev = SdkEvaluator(bundle, precision)
         info = ev.m.info()
-        source = {"bundle": str(bundle), "text_tower": info.get("text_tower"), "params": None}
+        source = {
+            "bundle": str(bundle),
+            "precision": precision,
+            "text_tower": info.get("text_tower"),
+            "params": None,
+        }
     else:
         model = load_weights(weights)
         ev = Evaluator(model, TextEncoder(model.cfg.text_tower))
@@ -325,9 +334,15 @@ def main(argv: list[str] | None = None) -> None:
         help="evaluate this exported bundle through l2m_sdk (ONNX Runtime) instead of --weights",
     )
     ap.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="with --bundle: l2m_sdk.load's precision (int8: the bundle's int8 text tower)",
+    )
+    ap.add_argument(
         "--out",
         default=None,
-        help="eval.json (default beside the weights; runs/eval-<bundle>.json with --bundle)",
+        help="eval.json (default beside the weights; runs/eval-<bundle>[-int8].json with --bundle)",
     )
     ap.add_argument("--per-kind", type=int, default=48)
     ap.add_argument("--seed", type=int, default=EVAL_SEED)
@@ -336,13 +351,20 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.bundle and args.card:
         ap.error("--card is written from --weights (the model card describes the trained weights)")
+    if args.precision != "fp32" and not args.bundle:
+        ap.error("--precision applies to --bundle (the PyTorch modules run in fp32)")
     res = evaluate(
-        None if args.bundle else args.weights, per_kind=args.per_kind, seed=args.seed, bundle=args.bundle
+        None if args.bundle else args.weights,
+        per_kind=args.per_kind,
+        seed=args.seed,
+        bundle=args.bundle,
+        precision=args.precision,
     )
     if args.out:
         out = Path(args.out)
     elif args.bundle:  # not inside the bundle: its manifest lists every file it holds
-        out = Path("runs") / f"eval-{Path(args.bundle).resolve().name}.json"
+        suffix = "" if args.precision == "fp32" else f"-{args.precision}"
+        out = Path("runs") / f"eval-{Path(args.bundle).resolve().name}{suffix}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
     else:
         out = Path(args.weights).with_name("eval.json")

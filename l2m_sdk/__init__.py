@@ -44,11 +44,14 @@ def load(
     device: str = "auto",
     threads: int | None = None,
     cache_size: int = 1024,
+    precision: str = "fp32",
 ):
     """Load a bundle: a built-in name ("default") or a bundle directory. See `Model`."""
     from l2m_sdk.model import Model
 
-    return Model(bundle, backend=backend, device=device, threads=threads, cache_size=cache_size)
+    return Model(
+        bundle, backend=backend, device=device, threads=threads, cache_size=cache_size, precision=precision
+    )
 
 
 def default_model():

@@ -86,6 +86,23 @@ class Bundle:
             raise BundleError(f"bundle {self.path} has no {role!r} graph (it has: {', '.join(graphs)})")
         return self.path / graphs[role]
 
+    def int8_text(self) -> tuple[Path, dict[str, np.ndarray]]:
+        """The int8 text graph and its external initializers, derived from the fp32 text graph's weights
+        (l2m_sdk/int8.py). BundleError when the bundle was exported without one."""
+        from l2m_sdk.int8 import int8_initializers
+
+        spec = self.manifest.get("int8")
+        if spec is None:
+            raise BundleError(
+                f"bundle {self.path} has no int8 text graph: use precision='fp32', or export it again with "
+                "python -m export.bundle (writes one for package-weight text towers such as MiniLM)"
+            )
+        fp32 = self.external.get(self.ort_file("text").name, {})
+        try:
+            return self.path / spec["graphs"]["text"], int8_initializers(spec, fp32, self.path)
+        except ValueError as e:
+            raise BundleError(f"bundle {self.path}: int8 text graph unusable ({e}); export it again") from e
+
     def ort_file(self, role: str) -> Path:
         """The graph ONNX Runtime runs for a role: the fused one (`ort_graphs`, ONNX Runtime contrib ops)
         when the bundle has it, else the portable graph."""
@@ -166,6 +183,9 @@ def load_bundle(name_or_path: str | Path, verify: bool = True) -> Bundle:
     return bundle
 
 
+INT8_KEYS = ("smooth", "int8", "scale", "zero")  # per quantized weight in the manifest's int8 section
+
+
 def _is_int(x, lo: int) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= lo
 
@@ -204,6 +224,26 @@ def _check_fields(mpath: Path, man: dict) -> None:
     for section in ("graphs", "ort_graphs"):
         for role, rel in man.get(section, {}).items():
             need(_is_inner_path(rel), f"{section}.{role} {rel!r} must be a relative path inside the bundle")
+    q = man.get("int8")
+    if q is not None:
+        need(
+            isinstance(q, dict)
+            and isinstance(q.get("graphs"), dict)
+            and _is_inner_path(q["graphs"].get("text"))
+            and q["graphs"]["text"] in man["files"]
+            and _is_inner_path(q.get("smoothing"))
+            and q["smoothing"] in man["files"]
+            and _is_int(q.get("qmax"), 1)
+            and q["qmax"] <= 127
+            and isinstance(q.get("weights"), dict)
+            and all(
+                isinstance(w, dict)
+                and all(isinstance(w.get(k), str) for k in ("smooth", "int8", "scale", "zero"))
+                for w in q["weights"].values()
+            ),
+            "int8 must give graphs.text and smoothing (files listed with a sha256), qmax (1..127) and "
+            "weights {name: {smooth, int8, scale, zero}}",
+        )
     ext = man.get("external_initializers", {})
     need(isinstance(ext, dict), "external_initializers must be an object")
     for graph, e in ext.items():

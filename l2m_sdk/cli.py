@@ -26,7 +26,9 @@ class CliError(Exception):
 def _model(args):
     import l2m_sdk
 
-    return l2m_sdk.load(args.bundle, backend=args.backend, device=args.device, threads=args.threads)
+    return l2m_sdk.load(
+        args.bundle, backend=args.backend, device=args.device, threads=args.threads, precision=args.precision
+    )
 
 
 def _write_traj(path: Path, traj: np.ndarray, texts: list[str], size: int, fps: float) -> None:
@@ -223,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", default="auto", help="auto | ort | trt")
         p.add_argument("--device", default="auto", help="auto | cpu | cuda")
         p.add_argument("--threads", type=int, default=None)
+        p.add_argument(
+            "--precision", default="fp32", choices=["fp32", "int8"], help="int8: ONNX Runtime CPU text tower"
+        )
 
     g = sub.add_parser("generate", help="text -> trajectory (.npy .json .png .gif)")
     g.add_argument("text", nargs="+", help="one or more prompts")

@@ -223,3 +223,24 @@ def test_failed_write_leaves_no_bundle_and_keeps_the_old_one(tiny_minilm, tmp_pa
         eb.write_bundle(tiny_minilm.weights, old, text_encoder=tiny_minilm.text)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
     load_bundle(old)
+
+
+def test_int8_text_graph_written_for_package_towers_only(tiny_minilm, tiny_clip):
+    """export.bundle adds the int8 text graph where the tower's weights come from a package (MiniLM):
+    every matrix product of the tower quantized, the weights not stored (derived at load), and the
+    result close to the fp32 graph. A CLIP tower (weights in the bundle) gets none."""
+    man = json.loads((tiny_minilm.bundle / "manifest.json").read_text())
+    q = man["int8"]
+    assert len(q["weights"]) == 36  # 6 layers x (q, k, v, attention out, FFN up, FFN down)
+    assert (tiny_minilm.bundle / q["graphs"]["text"]).stat().st_size < 1_000_000
+    m = onnx.load(str(tiny_minilm.bundle / q["graphs"]["text"]), load_external_data=False)
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 36 and ops.count("MatMul") == 0
+    assert "int8" not in json.loads((tiny_clip.bundle / "manifest.json").read_text())
+    fp32 = l2m_sdk.load(tiny_minilm.bundle, backend="ort", device="cpu", cache_size=0)
+    int8 = l2m_sdk.load(tiny_minilm.bundle, backend="ort", device="cpu", cache_size=0, precision="int8")
+    prompts = ["a leaf drifts down and sways", "the wheel spins counterclockwise", "a crowd spreads out"]
+    cos = np.sum(fp32.encode_text(prompts) * int8.encode_text(prompts), axis=1)
+    assert cos.min() > 0.98, cos
+    with pytest.raises(BundleError, match="has no int8 text graph"):
+        l2m_sdk.load(tiny_clip.bundle, backend="ort", device="cpu", precision="int8")
