@@ -250,7 +250,7 @@ def markdown(out: dict) -> str:
         elif q["mean_cosine"] >= q["threshold_mean_cosine"]:
             line += "; held-out evaluation not run (--quick)"
         line += f": {verdict}"
-        if q["passed"]:
+        if q["passed"] and k != SDK_INT8:  # the shipped int8 graph exists for package-weight towers only
             line += " (its CLIP rows use the same recipe; random CLIP weights cannot validate it)"
         L.append(line)
     L += ["", "## Acceptance", "", "| target | required | measured | met |", "| --- | --- | --- | --- |"]
