@@ -202,19 +202,12 @@ def quantized_bundle(bundle_dir: Path, cache: Path, recipe: str) -> Path:
 def _smoothed(bundle_dir: Path, src: Path, dst: Path) -> Path:
     """src with its MatMul inputs smoothed (export/quantize.py), calibrated on prompts the accuracy
     gate does not use; the smoothed fp32 graph is checked against src before it is quantized."""
-    from export.quantize import calibration_prompts, smooth
-    from l2m_sdk.tokenizer import TextTokenizer
+    from export.quantize import calibration_prompts, smooth, tokenized
 
     calib = calibration_prompts()
     if set(calib) & set(prompts(64)):
         raise RuntimeError("calibration prompts overlap the accuracy gate's prompts")
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    spec = manifest["tokenizer"]
-    tok = TextTokenizer(bundle_dir / spec.get("file", "tokenizer.json"), spec)
-    feeds = []
-    for p in calib:
-        b = tok.encode([p])
-        feeds.append({"input_ids": b.input_ids, "attention_mask": b.attention_mask})
+    feeds = tokenized(bundle_dir, calib)
     diff = smooth(src, dst, feeds)
     if diff > 1e-4:  # relative; fp32 rounding of the rescaled products is ~1e-6
         raise RuntimeError(f"smoothing changed the fp32 text embedding by {diff:.2e} relative (> 1e-4)")

@@ -210,7 +210,8 @@ QMAX = 63  # 7-bit weights: onnxruntime's AVX2 u8 x s8 kernel cannot saturate (l
 INT8_GRAPH, INT8_SMOOTHING = "text.int8.onnx", "text.int8.safetensors"
 
 
-def _tokenized(bundle_dir: Path, texts: list[str]) -> list[dict]:
+def tokenized(bundle_dir: Path, texts: list[str]) -> list[dict]:
+    """One text-graph feed (input_ids, attention_mask; B = 1) per text, with the bundle's tokenizer."""
     from l2m_sdk.tokenizer import TextTokenizer
 
     spec = json.loads((bundle_dir / "manifest.json").read_text())["tokenizer"]
@@ -256,7 +257,7 @@ def write_int8_text(bundle_dir: Path, alpha: float = DEFAULT_ALPHA) -> dict | No
     # own temporary directories, so a killed export leaves nothing that looks like a bundle
     with tempfile.TemporaryDirectory(prefix=f".{bundle_dir.name}.int8-", dir=bundle_dir.parent) as tmp:
         inline = inline_text_graph(bundle_dir, Path(tmp) / "text_fp32.onnx")
-        amax = activation_ranges(inline, list(groups), _tokenized(bundle_dir, calibration_prompts()))
+        amax = activation_ranges(inline, list(groups), tokenized(bundle_dir, calibration_prompts()))
     smooth, weights, drop = {}, {}, set()
     new_nodes: dict[str, object] = {}
     for i, (x, pairs) in enumerate(groups.items()):
