@@ -64,6 +64,18 @@ def _matmul_groups(m) -> dict[str, list]:
     return dict(groups)
 
 
+def _place_after_producers(m, nodes: list, new: dict) -> None:
+    """Set m's nodes to `nodes` with each new node (keyed by the tensor it reads) right after the node
+    producing that tensor, or first when no node produces it (a graph input; keeps the graph sorted)."""
+    produced = {o for n in nodes for o in n.output}
+    ordered = [v for k, v in new.items() if k not in produced]
+    for n in nodes:
+        ordered.append(n)
+        ordered.extend(new[o] for o in n.output if o in new)
+    del m.graph.node[:]
+    m.graph.node.extend(ordered)
+
+
 def smoothing_vector(amax: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:
     """s (K,) float32 for an input whose channels peak at amax (K,), multiplied by weights (K, N_i)."""
     wmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
@@ -113,25 +125,19 @@ def smooth(src: Path, dst: Path, feeds: list[dict], alpha: float = DEFAULT_ALPHA
     if shared:  # a weight used by two groups cannot take two different scalings
         raise ValueError(f"{src}: weights {shared[:3]} feed several MatMuls; not supported")
     amax = activation_ranges(src, list(groups), feeds)
-    producer = {o: i for i, n in enumerate(m.graph.node) for o in n.output}
-    after: dict[int, list] = defaultdict(list)
+    placed: dict[str, object] = {}
     for x, nodes in groups.items():
         ws = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]  # (K, N) each
         s = smoothing_vector(amax[x], ws, alpha)
         inv = numpy_helper.from_array((1.0 / s).astype(np.float32), f"{x}::smooth_inv")
         m.graph.initializer.append(inv)
         xs = f"{x}::smoothed"
-        after[producer.get(x, -1)].append(helper.make_node("Mul", [x, inv.name], [xs], name=f"{x}::smooth"))
+        placed[x] = helper.make_node("Mul", [x, inv.name], [xs], name=f"{x}::smooth")
         for n, w in zip(nodes, ws):
             scaled = (w * s[:, None]).astype(np.float32)
             inits[n.input[1]].CopyFrom(numpy_helper.from_array(scaled, n.input[1]))
             n.input[0] = xs
-    nodes = list(after.get(-1, []))
-    for i, n in enumerate(m.graph.node):
-        nodes.append(n)
-        nodes.extend(after.get(i, []))
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
+    _place_after_producers(m, list(m.graph.node), placed)
     onnx.save(m, str(dst))
 
     so = ort.SessionOptions()
@@ -272,13 +278,8 @@ def write_int8_text(bundle_dir: Path, alpha: float = DEFAULT_ALPHA) -> dict | No
             n.op_type, n.domain = "DynamicQuantizeMatMul", "com.microsoft"
             del n.input[:]
             n.input.extend([xs, names["int8"], names["scale"], names["zero"]])
-    nodes = [n for n in m.graph.node if not (n.op_type == "Transpose" and n.output[0] in drop)]
-    ordered = [new_nodes[i] for i in [t.name for t in m.graph.input] if i in new_nodes]
-    for n in nodes:
-        ordered.append(n)
-        ordered.extend(new_nodes[o] for o in n.output if o in new_nodes)
-    del m.graph.node[:]
-    m.graph.node.extend(ordered)
+    kept = [n for n in m.graph.node if not (n.op_type == "Transpose" and n.output[0] in drop)]
+    _place_after_producers(m, kept, new_nodes)
 
     def placeholder(name: str, dtype: int, dims: list[int]) -> onnx.TensorProto:
         t = TensorProto(name=name, data_type=dtype, dims=dims)

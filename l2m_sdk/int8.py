@@ -19,8 +19,6 @@ so nothing saturates. Full 8-bit weights (|q| <= 127) lost 0.05 in held-out prop
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +39,10 @@ def quantize_columns(wt: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """A small float32 safetensors file (the smoothing vectors) as {name: array}."""
+    from l2m_sdk.bundle import safetensors_header
+
+    base, header = safetensors_header(path)
     raw = path.read_bytes()
-    if len(raw) < 8:
-        raise ValueError(f"{path} is not a safetensors file (too short)")
-    n = struct.unpack("<Q", raw[:8])[0]
-    if n > len(raw) - 8:
-        raise ValueError(f"{path} is not a safetensors file (header length {n})")
-    header = json.loads(raw[8 : 8 + n])
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -55,9 +50,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         if info.get("dtype") != "F32":
             raise ValueError(f"{path}: tensor {name!r} is {info.get('dtype')}, expected F32")
         a, b = info["data_offsets"]
-        out[name] = np.frombuffer(raw, dtype="<f4", count=(b - a) // 4, offset=8 + n + a).reshape(
-            info["shape"]
-        )
+        flat = np.frombuffer(raw, dtype="<f4", count=(b - a) // 4, offset=base + a)
+        out[name] = flat.reshape(info["shape"])
     return out
 
 
