@@ -51,6 +51,33 @@ def _slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return out / np.linalg.norm(out, axis=-1, keepdims=True)
 
 
+def _label_prompts(labels) -> tuple[list[str], list[list[str]]]:
+    """classify()'s labels -> (names, prompts per name). A str or list of str: each text is its own
+    label; a dict: name -> a text or a non-empty list of texts (ensembled)."""
+    from l2m_sdk.tokenizer import as_text_list
+
+    if not isinstance(labels, dict):
+        texts, _ = as_text_list(labels)
+        return texts, [[t] for t in texts]
+    if not labels:
+        raise ValueError("labels dict is empty; pass at least one {name: text or list of texts}")
+    names, prompts = [], []
+    for name, value in labels.items():
+        if not isinstance(name, str):
+            raise TypeError(f"labels keys must be str (the names returned), got {type(name).__name__}")
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError(f"labels[{name!r}] is an empty list; give at least one text for the label")
+        if not isinstance(value, (str, list, tuple)):
+            raise TypeError(
+                f"labels[{name!r}] must be a str or a list of str (texts describing the label), "
+                f"got {type(value).__name__}"
+            )
+        texts, _ = as_text_list(value)
+        names.append(name)
+        prompts.append(texts)
+    return names, prompts
+
+
 class Index:
     """A search gallery validated and normalised once (``Model.index``): float32 unit rows, read-only.
 
@@ -338,18 +365,29 @@ class Model:
         sc = np.take_along_axis(top, order, 1)
         return (idx[0], sc[0]) if single else (idx, sc)
 
-    def classify(self, trajectories, labels: list[str]) -> tuple[list[str], np.ndarray]:
-        """Zero-shot: each motion's nearest label text. Returns (labels, probabilities (B, L)); a single
-        (T, N, 2) motion gives ([label], (1, L))."""
-        from l2m_sdk.tokenizer import as_text_list
+    def classify(self, trajectories, labels) -> tuple[list[str], np.ndarray]:
+        """Zero-shot: each motion's nearest label. Returns (labels, probabilities (B, L)); a single
+        (T, N, 2) motion gives ([label], (1, L)).
 
-        labels, _ = as_text_list(labels)
+        labels: a list of label texts, or a dict {name: text or list of texts}. A list of texts is one
+        label described several ways (prompt ensembling, as CLIP does for image classes): its embedding
+        is the renormalised mean of the texts' embeddings, so a label such as "moving" can cover every
+        direction ({"moving": ["an object moving left", "an object moving right", ...]}). With a dict
+        the returned labels are its keys."""
+        names, prompts = _label_prompts(labels)
         z = np.atleast_2d(self.encode_motion(trajectories))
-        e = np.atleast_2d(self.encode_text(labels))
+        flat = [t for group in prompts for t in group]
+        e_flat = np.atleast_2d(self.encode_text(flat))
+        e = np.empty((len(prompts), e_flat.shape[1]), np.float32)
+        start = 0
+        for i, group in enumerate(prompts):
+            m = e_flat[start : start + len(group)].mean(0)
+            e[i] = m / max(float(np.linalg.norm(m)), 1e-12)
+            start += len(group)
         logits = 100.0 * z @ e.T
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
-        return [labels[i] for i in p.argmax(1)], p
+        return [names[i] for i in p.argmax(1)], p
 
     # -------------------------------------------------------------------------------------- editing
     def interpolate(self, a, b, alphas) -> np.ndarray:

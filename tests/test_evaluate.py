@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.captions import DIRECTIONS
+from export.captions import DIRECTIONS, FAMILIES, FAMILY_LABELS
 from export.data import synthesize
 from export.evaluate import (
     PIXELS,
@@ -18,6 +18,7 @@ from export.evaluate import (
     Evaluator,
     check,
     heldout_items,
+    label_embeddings,
     net_direction_ok,
     path_length,
     recall_at,
@@ -214,3 +215,11 @@ def test_bundle_evaluator_measures_what_the_torch_one_does(seed, tiny_minilm):
     )
     res = retrieval_and_errors(ev_s, rng, gallery=12, T=16, N=9)
     assert res["gallery"] == 12 and 0.0 <= res["text_to_motion"]["R@1"] <= 1.0
+    # the zero-shot label ensembles are what l2m_sdk's classify computes from the same label dict
+    labels = {f: FAMILY_LABELS[f] for f in FAMILIES}
+    ens = label_embeddings(ev_t, labels)
+    names, p = ev_s.m.classify(traj, labels)
+    logits = 100.0 * z @ ens.T
+    want = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(p, want / want.sum(1, keepdims=True), atol=5e-3)
+    assert names == [list(labels)[k] for k in p.argmax(1)]

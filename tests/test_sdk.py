@@ -234,6 +234,43 @@ def test_classify(default_model, rng, random_trajectories):
     assert one == names[:1] and p1.shape == (1, 4)
 
 
+def test_classify_label_ensembles(default_model, rng, random_trajectories):
+    """A dict label with several texts is their renormalised mean embedding (prompt ensembling); a dict
+    label with one text is that text; names come back as the dict's keys."""
+    m = default_model
+    moving = [f"an object moving {d}" for d in ("left", "right", "up", "down")]
+    labels = {"moving": moving, "spinning": "an object spinning", "still": ["an object staying still"]}
+    traj = random_trajectories(rng, 4, 30, 9)
+    names, p = m.classify(traj, labels)
+    assert p.shape == (4, 3) and set(names) <= set(labels)
+    mean = m.encode_text(moving).mean(0)
+    e = np.stack(
+        [
+            mean / np.linalg.norm(mean),
+            m.encode_text("an object spinning"),
+            m.encode_text("an object staying still"),
+        ]
+    )
+    z = m.encode_motion(traj)
+    want = 100.0 * z @ e.T
+    want = np.exp(want - want.max(1, keepdims=True))
+    np.testing.assert_allclose(p, want / want.sum(1, keepdims=True), atol=1e-4)
+    assert names == [list(labels)[i] for i in (z @ e.T).argmax(1)]
+    # one text per key: the same as passing the texts as a list
+    flat = ["moving left", "spinning"]
+    assert m.classify(traj, dict(zip(("a", "b"), flat)))[1].tolist() == m.classify(traj, flat)[1].tolist()
+    for bad, err in (
+        ({}, ValueError),
+        ({"x": []}, ValueError),
+        ({"x": 3}, TypeError),
+        ({1: "x"}, TypeError),
+        ({"x": ["ok", ""]}, ValueError),
+        ({"x": ["ok", None]}, TypeError),
+    ):
+        with pytest.raises(err):
+            m.classify(traj, bad)
+
+
 def test_interpolate_edit_style_transfer(default_model, rng, random_trajectories):
     m = default_model
     ea, eb = m.encode_text(PROMPTS[0]), m.encode_text(PROMPTS[1])
