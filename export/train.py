@@ -84,11 +84,6 @@ PRESETS = {
     "default-stage5": TrainConfig(
         steps=1500, lr=2e-4, warmup=50, seed=5, init_from="runs/default-stage4/model.safetensors"
     ),
-    # Then 1500 more steps from the shipped stage-5 weights with ~180 more training nouns (captions.py,
-    # "Stage 6"): an unseen noun with a motion of its own still pulled still and shrink captions.
-    "default-stage6": TrainConfig(
-        steps=1500, lr=2e-4, warmup=50, seed=6, init_from="runs/default-stage5/model.safetensors"
-    ),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
         steps=40,
