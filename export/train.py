@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from export.data import CaptionPool, make_batch
 from export.losses import LossWeights, infonce, reconstruction, same_meaning, splat_render
@@ -51,6 +52,9 @@ class TrainConfig:
     model: dict = field(default_factory=dict)
     weights: dict = field(default_factory=dict)
     init_from: str | None = None  # start from these weights (model.safetensors), fresh optimiser
+    # Norm of a random perturbation added to the text embedding the decoder reconstructs from (then
+    # renormalised): teaches the decoder that directions within a family's spread carry no motion.
+    text_noise: float = 0.0
 
 
 PRESETS = {
@@ -83,6 +87,17 @@ PRESETS = {
     # weakest (0.52, 0.54), failing by spread changes of 10-30% on "still" captions. The shipped model.
     "default-stage5": TrainConfig(
         steps=1500, lr=2e-4, warmup=50, seed=5, init_from="runs/default-stage4/model.safetensors"
+    ),
+    # Experiment: 1500 steps from stage 5 with the decoder reconstructing from perturbed text embeddings
+    # (norm 0.3, about the spread of one family's captions: cosine 0.92 to their mean). Held-out still
+    # captions sit as close to the still captions as training ones do, yet their spread drifts.
+    "default-stage6-noise": TrainConfig(
+        steps=1500,
+        lr=2e-4,
+        warmup=50,
+        seed=7,
+        text_noise=0.3,
+        init_from="runs/default-stage5/model.safetensors",
     ),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
@@ -130,6 +145,7 @@ def compute_losses(
     keys: list[str],
     w: LossWeights,
     image_emb: torch.Tensor | None = None,
+    text_noise: float = 0.0,
 ) -> dict:
     T = traj.shape[1]
     times = L2M.times(T)
@@ -138,7 +154,11 @@ def compute_losses(
     init = traj[:, 0]
     h = max(1, traj.shape[0] // 2)  # the motion path is decoded for half the batch: same signal, less time
     rec_m = reconstruction(model.decoder(z[:h], init[:h], times), traj[:h], w.velocity)
-    rec_t = reconstruction(model.decoder(e, init, times), traj, w.velocity)
+    e_dec = e
+    if text_noise > 0:
+        noise = torch.randn_like(e)
+        e_dec = F.normalize(e + text_noise * noise / noise.norm(dim=-1, keepdim=True), dim=-1)
+    rec_t = reconstruction(model.decoder(e_dec, init, times), traj, w.velocity)
     cos = (1 - (z * e).sum(-1)).mean()
     nce = infonce(z, e, model.logit_scale, same_meaning(keys))
     out = {"rec_motion": rec_m, "rec_text": rec_t, "cosine": cos, "infonce": nce}
@@ -213,7 +233,9 @@ def train(
                 image_emb = enc.image_tower(torch.from_numpy(splat_render(traj_np)))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        losses = compute_losses(model, traj, emb[idx], [pool.keys[i] for i in idx], weights, image_emb)
+        losses = compute_losses(
+            model, traj, emb[idx], [pool.keys[i] for i in idx], weights, image_emb, cfg.text_noise
+        )
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -150,6 +150,27 @@ def test_compute_losses_terms_and_gradients(seed):
     assert "image" not in compute_losses(model, traj, e, [pool.keys[i] for i in idx], w)
 
 
+def test_text_noise_perturbs_only_the_text_reconstruction(seed):
+    """text_noise moves the embedding the decoder reconstructs from (rec_text changes), never the
+    alignment terms or the motion path; 0 is exactly the plain loss."""
+    model = L2M(ModelConfig(**SMALL))
+    # a decoder whose output depends on the embedding (the zero-initialised affine head would not)
+    torch.nn.init.normal_(model.decoder.affine.weight, std=0.5)
+    pool = CaptionPool.build(40, seed)
+    idx = np.arange(12)
+    traj = torch.from_numpy(make_batch(pool, idx, 16, 9, np.random.default_rng(seed)))
+    e = F.normalize(torch.randn(12, 24), dim=-1)
+    keys = [pool.keys[i] for i in idx]
+    with torch.no_grad():
+        plain = compute_losses(model, traj, e, keys, LossWeights())
+        zero = compute_losses(model, traj, e, keys, LossWeights(), text_noise=0.0)
+        noisy = compute_losses(model, traj, e, keys, LossWeights(), text_noise=0.3)
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
+    for k in ("rec_motion", "cosine", "infonce"):
+        assert torch.equal(plain[k], noisy[k]), k
+    assert not torch.equal(plain["rec_text"], noisy["rec_text"])
+
+
 def test_lr_schedule():
     cfg = _tiny(steps=100, warmup=10, lr=1e-3)
     lrs = [lr_at(s, cfg) for s in range(101)]
