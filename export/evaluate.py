@@ -265,15 +265,11 @@ def retrieval_and_errors(
 
 
 def label_embeddings(ev: Evaluator, labels: dict[str, list[str]]) -> np.ndarray:
-    """(L, D): each label's texts embedded, averaged and renormalised (as l2m_sdk Model.classify does)."""
-    flat = [t for texts in labels.values() for t in texts]
-    e = ev.text(flat).numpy()
-    out, start = [], 0
-    for texts in labels.values():
-        m = e[start : start + len(texts)].mean(0)
-        out.append(m / np.linalg.norm(m))
-        start += len(texts)
-    return np.stack(out)
+    """(L, D): each label's texts embedded, averaged and renormalised (l2m_sdk's classify arithmetic)."""
+    from l2m_sdk.model import ensemble_embeddings
+
+    groups = list(labels.values())
+    return ensemble_embeddings(ev.text([t for g in groups for t in g]).numpy(), groups)
 
 
 def zero_shot(ev: Evaluator, rng: np.random.Generator, n: int, T: int = 30) -> dict:

@@ -51,6 +51,18 @@ def _slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return out / np.linalg.norm(out, axis=-1, keepdims=True)
 
 
+def ensemble_embeddings(e: np.ndarray, groups: list[list[str]]) -> np.ndarray:
+    """(sum of group sizes, D) embeddings of the flattened groups -> (len(groups), D) float32: each
+    group's mean, renormalised (a label described by several texts, as in classify)."""
+    out = np.empty((len(groups), e.shape[1]), np.float32)
+    start = 0
+    for i, group in enumerate(groups):
+        m = e[start : start + len(group)].mean(0)
+        out[i] = m / max(float(np.linalg.norm(m)), 1e-12)
+        start += len(group)
+    return out
+
+
 def _label_prompts(labels) -> tuple[list[str], list[list[str]]]:
     """classify()'s labels -> (names, prompts per name). A str or list of str: each text is its own
     label; a dict: name -> a text or a non-empty list of texts (ensembled)."""
@@ -376,14 +388,7 @@ class Model:
         the returned labels are its keys."""
         names, prompts = _label_prompts(labels)
         z = np.atleast_2d(self.encode_motion(trajectories))
-        flat = [t for group in prompts for t in group]
-        e_flat = np.atleast_2d(self.encode_text(flat))
-        e = np.empty((len(prompts), e_flat.shape[1]), np.float32)
-        start = 0
-        for i, group in enumerate(prompts):
-            m = e_flat[start : start + len(group)].mean(0)
-            e[i] = m / max(float(np.linalg.norm(m)), 1e-12)
-            start += len(group)
+        e = ensemble_embeddings(np.atleast_2d(self.encode_text([t for g in prompts for t in g])), prompts)
         logits = 100.0 * z @ e.T
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
