@@ -57,8 +57,11 @@ def ensemble_embeddings(e: np.ndarray, groups: list[list[str]]) -> np.ndarray:
     out = np.empty((len(groups), e.shape[1]), np.float32)
     start = 0
     for i, group in enumerate(groups):
-        m = e[start : start + len(group)].mean(0)
-        out[i] = m / max(float(np.linalg.norm(m)), 1e-12)
+        if len(group) == 1:  # a single text is its own embedding, bit for bit
+            out[i] = e[start]
+        else:
+            m = e[start : start + len(group)].mean(0)
+            out[i] = m / max(float(np.linalg.norm(m)), 1e-12)
         start += len(group)
     return out
 
