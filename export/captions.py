@@ -556,14 +556,18 @@ def _verb_phrase(spec: dict, rng: np.random.Generator, third: bool, held_out: bo
     return _pick(rng, _FIXED[fam], held)[form]
 
 
-def write_caption(spec: dict, rng: np.random.Generator, held_out: bool = False) -> str:
+def write_caption(
+    spec: dict, rng: np.random.Generator, held_out: bool = False, noun: str | None = None
+) -> str:
     """One sentence for a spec. `spec` = {"family", optional "dir", "sense", "speed", "then", "while"}.
 
     With held_out=True the object is always an unseen one and each other word slot (verb, direction
     form, adverb) draws from the held-out vocabulary with probability 0.6; otherwise only training
-    vocabulary is used.
+    vocabulary is used. `noun` fills the object slot instead of a drawn object (training captions with
+    nouns from `wide_nouns()`).
     """
-    noun = _pick(rng, _OBJECTS, held_out)[0]
+    if noun is None:
+        noun = _pick(rng, _OBJECTS, held_out)[0]
     style = int(rng.integers(4))
     third = style in (1, 3)
     subject = ("the " + noun) if style in (1, 2) and rng.random() < 0.8 else _article(noun)
@@ -593,3 +597,82 @@ def spec_key(spec: dict) -> str:
     if "while" in spec:
         parts.append("while:" + spec_key(spec["while"]))
     return "|".join(parts)
+
+
+# ----------------------------------------------------------------------------- vocabulary-wide nouns
+# Words kept out of the noun slot besides the caption vocabulary itself: function words, and words that
+# name a direction, a size, a speed or a motion without being one of our verbs.
+_NOT_NOUNS = set(
+    """
+the and that this these those there then than while before after when where which who whom whose what
+with without within into onto from over under above below about across along around through between
+for nor but yet not no yes all any some each every both either neither one two three four five six
+seven eight nine ten first second last next few many much more most less least very too also just
+only even still again once twice here now soon already ever never always often sometimes is are was
+were be been being am has have had having do does did doing can could will would shall should may
+might must its his her their our your my mine yours ours theirs him them they she he it we you me us
+left right up down top bottom upper lower middle center centre centered corner edge side sides
+forward forwards backward backwards sideways inward inwards outward outwards away toward towards off
+onward upside downward upwards north south east west northeast northwest southeast southwest
+big bigger biggest small smaller smallest large larger largest huge tiny little tall short long wide
+narrow size sized scale fast faster fastest slow slower slowest quick quicker speed speedy rapid
+motion movement move moved moves mover still static stationary fixed frozen freeze stop stopped
+stops halt pause paused rest motionless immobile steady
+clockwise counterclockwise anticlockwise rotation rotational spin spun turn turned round loop
+circle circular orbit spiral spirals zigzag oscillation oscillate vibration wave waves
+""".split()
+)
+
+
+# Endings of verb forms, adverbs and adjectives: the slot should hold things, not actions or qualities.
+_NOT_NOUN_ENDINGS = (
+    "ing", "ed", "ly", "ous", "ful", "ive", "able", "ible", "ize", "ise", "ish", "less", "est", "ward"
+)
+
+
+def _caption_words() -> set[str]:
+    words = set()
+    groups = [*_VERBS.values(), *_FIXED.values(), *_DIR_WORDS.values(), *_SENSE.values()]
+    groups += [*_VERTICAL_VERBS.values(), _SLOW, _FAST]
+    for group in groups:
+        for entry in group:
+            for phrase in entry[:-1]:
+                words.update(phrase.replace("-", " ").split())
+    return words
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ies", "es", "ed", "ly", "s", "e"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def wide_nouns(vocab_path: str | None = None) -> list[str]:
+    """Whole words of the all-MiniLM-L6-v2 WordPiece vocabulary to fill the object slot of training
+    captions, so the motion words decide the motion whatever the noun (held-out nouns pulled held-out
+    still and shrink captions toward other motions). Kept out: subword pieces, words under 3 or over 12
+    letters, the held-out objects and their plurals, every word of the caption vocabulary (verbs,
+    directions, senses, adverbs, held-out ones included) and words sharing its stems, _NOT_NOUNS, and
+    words with a verb, adverb or adjective ending (_NOT_NOUN_ENDINGS).
+    Deterministic: the vocabulary file's order."""
+    if vocab_path is None:
+        from l2m_sdk.tokenizer import minilm_model_dir
+
+        vocab_path = str(minilm_model_dir() / "vocab.txt")
+    held = {o for o, h in _OBJECTS if h}
+    held |= {o + "s" for o in held} | {o + "es" for o in held}
+    cap = _caption_words()
+    stems = {_stem(w) for w in cap if len(w) >= 4}
+    out = []
+    with open(vocab_path, encoding="utf-8") as f:
+        for line in f:
+            w = line.strip()
+            if not (w.isascii() and w.isalpha() and w.islower() and 3 <= len(w) <= 12):
+                continue
+            if w in held or w in cap or w in _NOT_NOUNS or _stem(w) in stems:
+                continue
+            if any(w.startswith(s) for s in stems if len(s) >= 5) or w.endswith(_NOT_NOUN_ENDINGS):
+                continue
+            out.append(w)
+    return out

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from export import captions
 from export.captions import DIRECTIONS, HORIZONTAL, spec_key, write_caption
 
 SPEED_FACTOR = {"slow": 0.5, "normal": 1.0, "fast": 1.8}
@@ -300,14 +301,21 @@ class CaptionPool:
     held_out: bool
 
     @classmethod
-    def build(cls, size: int, seed: int, held_out: bool = False) -> CaptionPool:
+    def build(cls, size: int, seed: int, held_out: bool = False, wide_nouns: float = 0.0) -> CaptionPool:
+        """`wide_nouns`: the fraction of captions whose object is a word of captions.wide_nouns() (the
+        text tower's whole vocabulary, filtered) instead of the object list; 0 keeps the draws of
+        earlier pools bit for bit."""
+        if wide_nouns and held_out:
+            raise ValueError("wide_nouns is for training pools; held-out captions use the held-out objects")
+        words = captions.wide_nouns() if wide_nouns else None
         rng = np.random.default_rng(seed)
         specs, caps, keys, seen = [], [], [], set()
         tries = 0
         while len(caps) < size and tries < size * 20:
             tries += 1
             spec = sample_spec(rng)
-            cap = write_caption(spec, rng, held_out=held_out)
+            noun = words[int(rng.integers(len(words)))] if words and rng.random() < wide_nouns else None
+            cap = write_caption(spec, rng, held_out=held_out, noun=noun)
             if cap in seen:
                 continue
             seen.add(cap)
