@@ -625,9 +625,7 @@ circle circular orbit spiral spirals zigzag oscillation oscillate vibration wave
 
 
 # Endings of verb forms, adverbs and adjectives: the slot should hold things, not actions or qualities.
-_NOT_NOUN_ENDINGS = (
-    "ing", "ed", "ly", "ous", "ful", "ive", "able", "ible", "ize", "ise", "ish", "less", "est", "ward"
-)
+_NOT_NOUN_ENDINGS = tuple("ing ed ly ous ful ive able ible ize ise ish less est ward".split())
 
 
 def _caption_words() -> set[str]:

@@ -139,7 +139,6 @@ def test_held_out_captions_use_unseen_objects_and_words(seed):
     assert frac > 0.4
 
 
-
 def test_wide_noun_pool_keeps_held_out_words_out(seed):
     words = C.wide_nouns()
     assert len(words) > 10000 and words == C.wide_nouns()  # the vocabulary file's order, no randomness
