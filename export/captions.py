@@ -662,6 +662,7 @@ def wide_nouns(vocab_path: str | None = None) -> list[str]:
     held |= {o + "s" for o in held} | {o + "es" for o in held}
     cap = _caption_words()
     stems = {_stem(w) for w in cap if len(w) >= 4}
+    long_stems = tuple(s for s in stems if len(s) >= 5)
     out = []
     with open(vocab_path, encoding="utf-8") as f:
         for line in f:
@@ -670,7 +671,7 @@ def wide_nouns(vocab_path: str | None = None) -> list[str]:
                 continue
             if w in held or w in cap or w in _NOT_NOUNS or _stem(w) in stems:
                 continue
-            if any(w.startswith(s) for s in stems if len(s) >= 5) or w.endswith(_NOT_NOUN_ENDINGS):
+            if w.startswith(long_stems) or w.endswith(_NOT_NOUN_ENDINGS):
                 continue
             out.append(w)
     return out

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export import captions
 from export.captions import DIRECTIONS, HORIZONTAL, spec_key, write_caption
+from export.captions import wide_nouns as vocabulary_nouns
 
 SPEED_FACTOR = {"slow": 0.5, "normal": 1.0, "fast": 1.8}
 _DIR_NAMES = tuple(DIRECTIONS)
@@ -307,7 +307,7 @@ class CaptionPool:
         earlier pools bit for bit."""
         if wide_nouns and held_out:
             raise ValueError("wide_nouns is for training pools; held-out captions use the held-out objects")
-        words = captions.wide_nouns() if wide_nouns else None
+        words = vocabulary_nouns() if wide_nouns else None
         rng = np.random.default_rng(seed)
         specs, caps, keys, seen = [], [], [], set()
         tries = 0
