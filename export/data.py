@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.captions import _OBJECTS, DIRECTIONS, HORIZONTAL, spec_key, write_caption
+from export.captions import DIRECTIONS, HORIZONTAL, spec_key, write_caption
 from export.captions import wide_nouns as vocabulary_nouns
 
 SPEED_FACTOR = {"slow": 0.5, "normal": 1.0, "fast": 1.8}
@@ -323,45 +323,6 @@ class CaptionPool:
             caps.append(cap)
             keys.append(spec_key(spec))
         return cls(specs, caps, keys, held_out)
-
-
-def noun_captions(groups: int, per_group: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """`groups` pairs (nouns, captions) of `per_group` training captions each; within a group every word
-    but the object is the same (one spec, one draw of verb, adverb and sentence form), the objects
-    being distinct words of captions.wide_nouns() and two of the training objects. No held-out word."""
-    if groups < 1 or not 3 <= per_group <= 64:
-        raise ValueError(f"need groups >= 1 and 3 <= per_group <= 64, got {groups}, {per_group}")
-    words = vocabulary_nouns()
-    objects = [o for o, held in _OBJECTS if not held]
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(groups):
-        spec = sample_spec(rng, compose=False)
-        draw = int(rng.integers(1 << 31))
-        nouns = [words[i] for i in rng.choice(len(words), per_group - 2, replace=False)]
-        nouns += [objects[i] for i in rng.choice(len(objects), 2, replace=False)]
-        out.append((nouns, [write_caption(spec, np.random.default_rng(draw), noun=n) for n in nouns]))
-    return out
-
-
-def noun_basis(embed, k: int, groups: int = 500, per_group: int = 10, seed: int = 0) -> np.ndarray:
-    """(k, D) orthonormal rows: the top-k principal directions of how a caption's embedding moves when
-    only its object noun changes. `embed(list[str]) -> (n, D)` is the frozen text tower.
-
-    Measured for MiniLM (500 x 10 captions): the object accounts for 53% of the caption embeddings'
-    variance. Removing the top k directions, the 10 nearest training captions of a caption naming an
-    object never used here are of its own family for 75% (k=0), 85% (32), 88% (64), 88% (96), 86% (128)
-    of captions, so the default stage uses k = 64."""
-    caps = noun_captions(groups, per_group, seed)
-    x = np.asarray(embed([c for _, g in caps for c in g]), dtype=np.float64)
-    if x.ndim != 2 or len(x) != groups * per_group:
-        raise ValueError(f"embed returned shape {x.shape}, expected ({groups * per_group}, D)")
-    if not 0 < k < min(x.shape[1], groups * (per_group - 1)):
-        raise ValueError(f"k must be in (0, {min(x.shape[1], groups * (per_group - 1))}), got {k}")
-    x = x.reshape(groups, per_group, -1)
-    resid = (x - x.mean(1, keepdims=True)).reshape(-1, x.shape[-1])
-    vt = np.linalg.svd(resid, full_matrices=False)[2][:k]
-    return vt.astype(np.float32)
 
 
 def make_batch(

@@ -30,10 +30,6 @@ class ModelConfig:
     decoder: str = "nar"  # "nar" (ours) or "ar" (the paper's autoregressive step decoder)
     text_tower: str = "minilm"
     adapter_hidden: int = 512
-    # Directions removed from the text embedding before the adapter: the top principal directions along
-    # which a caption's embedding moves when only its object noun changes (export.data.noun_basis).
-    # 0 keeps the full embedding (every model before stage 8).
-    noun_subspace: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -200,12 +196,7 @@ class ARDecoder(nn.Module):
 class TextAdapter(nn.Module):
     """Residual head on the frozen text embedding, zero-initialised (starts as the identity):
     e' = normalise(e + MLP(e)). Lets the model separate words the frozen tower embeds close together
-    (left/right, clockwise/counterclockwise) while staying in the tower's space.
-
-    With cfg.noun_subspace = k > 0, e is first projected off a fixed k-dimensional subspace
-    (`noun_basis`, orthonormal rows, computed from the frozen tower and stored with the weights):
-    e <- e - (e B^T) B. Half of the variance of caption embeddings is which object is named, and the
-    identity path would otherwise carry it to the decoder for every noun, unseen ones included."""
+    (left/right, clockwise/counterclockwise) while staying in the tower's space."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -213,25 +204,8 @@ class TextAdapter(nn.Module):
         self.fc2 = nn.Linear(cfg.adapter_hidden, cfg.dim)
         nn.init.zeros_(self.fc2.weight)
         nn.init.zeros_(self.fc2.bias)
-        if cfg.noun_subspace < 0 or cfg.noun_subspace >= cfg.dim:
-            raise ValueError(f"noun_subspace must be in [0, dim={cfg.dim}), got {cfg.noun_subspace}")
-        if cfg.noun_subspace:
-            self.register_buffer("noun_basis", torch.zeros(cfg.noun_subspace, cfg.dim))
-
-    def set_noun_basis(self, basis: torch.Tensor) -> None:
-        """Install the (k, D) basis; its rows must be orthonormal."""
-        if not hasattr(self, "noun_basis"):
-            raise ValueError("this adapter was built with noun_subspace=0")
-        if tuple(basis.shape) != tuple(self.noun_basis.shape):
-            raise ValueError(f"noun basis must be {tuple(self.noun_basis.shape)}, got {tuple(basis.shape)}")
-        gram = basis.double() @ basis.double().T
-        if not torch.allclose(gram, torch.eye(len(basis), dtype=torch.float64), atol=1e-4):
-            raise ValueError("noun basis rows must be orthonormal")
-        self.noun_basis.copy_(basis)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "noun_basis"):
-            e = e - (e @ self.noun_basis.T) @ self.noun_basis
         return F.normalize(e + self.fc2(F.gelu(self.fc1(e))), dim=-1)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from export.data import CaptionPool, make_batch, noun_basis
+from export.data import CaptionPool, make_batch
 from export.losses import LossWeights, infonce, reconstruction, same_meaning, splat_render
 from export.model import L2M, ModelConfig
 from export.text_towers import TextEncoder
@@ -103,11 +103,6 @@ PRESETS = {
     # Experiment: 1500 more steps of the same from stage 6 with a new caption pool (seed 9). Tied stage 6
     # on three evaluation draws (model card); not shipped.
     "default-stage7": _stage(9, "default-stage6", wide_nouns=0.5),
-    # 1500 steps from stage 6 with the adapter removing the 64 directions along which a caption's
-    # embedding moves when only its object changes (ModelConfig.noun_subspace, data.noun_basis): with
-    # stage 6, "a parcel holding still" still grew 24% and "the frisbee diminishes" shrank twice as much
-    # as "the ball diminishes"; the residual adapter passed the noun's part of the embedding straight on.
-    "default-stage8": _stage(10, "default-stage6", wide_nouns=0.5, model={"noun_subspace": 64}),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
         steps=40,
@@ -197,24 +192,11 @@ def train(
     enc = TextEncoder(cfg.tower)
     mcfg = ModelConfig.from_dict({**cfg.model, "dim": enc.dim, "text_tower": cfg.tower})
     model = L2M(mcfg)
-    basis_loaded = False
     if cfg.init_from:
         from safetensors.torch import load_file
 
-        state = load_file(cfg.init_from)
-        basis_loaded = "adapter.noun_basis" in state
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if k != "adapter.noun_basis"]:
-            raise ValueError(
-                f"{cfg.init_from} does not fit this model config: missing {missing}, unexpected {unexpected}"
-            )
+        model.load_state_dict(load_file(cfg.init_from))
         log.info("initialised from %s", cfg.init_from)
-    if mcfg.noun_subspace and not basis_loaded:
-        t = time.time()
-        with torch.no_grad():
-            basis = noun_basis(lambda texts: enc.encode(texts).numpy(), mcfg.noun_subspace, seed=cfg.seed)
-        model.adapter.set_noun_basis(torch.from_numpy(basis))
-        log.info("noun subspace: %d directions in %.0f s", mcfg.noun_subspace, time.time() - t)
     weights = LossWeights(**cfg.weights)
     pool = CaptionPool.build(cfg.pool_size, cfg.seed, wide_nouns=cfg.wide_nouns)
     emb = torch.from_numpy(pool_embeddings(enc, pool, cache_dir))

@@ -13,15 +13,7 @@ import numpy as np
 import pytest
 
 from export import captions as C
-from export.data import (
-    CaptionPool,
-    make_batch,
-    make_layout,
-    noun_basis,
-    noun_captions,
-    sample_spec,
-    synthesize,
-)
+from export.data import CaptionPool, make_batch, make_layout, sample_spec, synthesize
 from export.evaluate import rotation_angle, spread
 
 FAMILIES = list(C.FAMILIES)
@@ -164,54 +156,6 @@ def test_wide_noun_pool_keeps_held_out_words_out(seed):
     assert pool.captions == CaptionPool.build(3000, seed, wide_nouns=0.5).captions
     with pytest.raises(ValueError, match="held-out"):
         CaptionPool.build(10, seed, held_out=True, wide_nouns=0.5)
-
-
-def test_noun_captions_change_only_the_object(seed):
-    groups = noun_captions(40, 6, seed)
-    held = _phrase_regex(_held_out_phrases())
-    for nouns, caps in groups:
-        assert len(caps) == 6 and len(set(nouns)) == 6
-        assert not [c for c in caps if held.search(c)], caps
-        # the same sentence once the object (and its article) is masked
-        masked = {
-            re.sub(r"\b(an?|the) <obj>", "a <obj>", c.replace(n, "<obj>", 1)) for n, c in zip(nouns, caps)
-        }
-        assert len(masked) == 1, caps
-    assert groups == noun_captions(40, 6, seed)
-    with pytest.raises(ValueError, match="per_group"):
-        noun_captions(3, 2, seed)
-
-
-def test_noun_basis_recovers_the_noun_subspace(seed):
-    """A fake tower that embeds a caption as the sum of its object's vector, drawn in a known
-    4-dimensional subspace S, and its other words' vectors, drawn off S (articles: zero). noun_basis with
-    k=4 spans S (each row keeps > 0.999 of its norm in S); with k=2 it lies inside S."""
-    rng = np.random.default_rng(seed)
-    D = 32
-    q = np.linalg.qr(rng.normal(size=(D, D)))[0]
-    S, rest = q[:, :4], q[:, 4:]
-    nouns = sorted({n for ns, _ in noun_captions(60, 5, seed) for n in ns}, key=len, reverse=True)
-    vecs: dict[str, np.ndarray] = {}
-
-    def vec(w: str, basis: np.ndarray) -> np.ndarray:
-        if w not in vecs:
-            vecs[w] = np.zeros(D) if w in ("a", "an", "the") else basis @ rng.normal(size=basis.shape[1])
-        return vecs[w]
-
-    def embed(texts):
-        out = []
-        for t in texts:
-            noun = next(n for n in nouns if re.search(rf"\b{re.escape(n)}\b", t))
-            out.append(vec(noun, S) + sum(vec(w, rest) for w in t.replace(noun, " ").split()))
-        return np.stack(out)
-
-    for k in (4, 2):
-        b = noun_basis(embed, k, groups=60, per_group=5, seed=seed)
-        assert b.shape == (k, D) and np.allclose(b @ b.T, np.eye(k), atol=1e-5)
-        inside = np.linalg.norm(b @ S, axis=1)
-        assert inside.min() > 0.999, inside
-    with pytest.raises(ValueError, match="k must be in"):
-        noun_basis(embed, D, groups=60, per_group=5, seed=seed)
 
 
 # -- frame 0 and screen semantics ----------------------------------------------------------------------

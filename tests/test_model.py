@@ -172,42 +172,6 @@ def test_text_adapter_starts_as_identity(seed):
     assert float((moved - e).abs().max()) > 1e-4
 
 
-def test_text_adapter_ignores_the_noun_subspace(seed):
-    """With noun_subspace = k the adapter's output does not change when the input moves inside the
-    installed basis' span (only float32 rounding), and does change off it."""
-    cfg = ModelConfig(**{**SMALL, "noun_subspace": 5})
-    adapter = _perturbed(TextAdapter(cfg))
-    basis = torch.linalg.qr(torch.randn(cfg.dim, 5))[0].T.contiguous()  # (5, D), orthonormal rows
-    adapter.set_noun_basis(basis)
-    e = torch.nn.functional.normalize(torch.randn(6, cfg.dim), dim=-1)
-    inside = torch.randn(6, 5) @ basis * 0.3
-    off = torch.randn(6, cfg.dim) * 0.3
-    off = off - (off @ basis.T) @ basis
-    with torch.no_grad():
-        base, moved, other = adapter(e), adapter(e + inside), adapter(e + off)
-    assert float((moved - base).abs().max()) <= 1e-5
-    assert float((other - base).abs().max()) > 1e-3
-    assert torch.allclose(base.norm(dim=-1), torch.ones(6), atol=1e-5)
-    # the basis is part of the weights: saved and loaded with the state dict
-    fresh = TextAdapter(cfg)
-    fresh.load_state_dict(adapter.state_dict())
-    assert torch.equal(fresh.noun_basis, basis)
-
-
-def test_text_adapter_noun_basis_is_checked():
-    cfg = ModelConfig(**{**SMALL, "noun_subspace": 3})
-    adapter = TextAdapter(cfg)
-    with pytest.raises(ValueError, match="must be \\(3, 24\\)"):
-        adapter.set_noun_basis(torch.eye(4, cfg.dim))
-    with pytest.raises(ValueError, match="orthonormal"):
-        adapter.set_noun_basis(torch.ones(3, cfg.dim))
-    with pytest.raises(ValueError, match="noun_subspace=0"):
-        TextAdapter(ModelConfig(**SMALL)).set_noun_basis(torch.eye(3, cfg.dim))
-    for k in (-1, cfg.dim):
-        with pytest.raises(ValueError, match="noun_subspace must be in"):
-            TextAdapter(ModelConfig(**{**SMALL, "noun_subspace": k}))
-
-
 def test_times_span_unit_interval():
     for T in (1, 2, 30):
         t = L2M.times(T)
