@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.reference import ReferencePipeline
 
     torch.set_num_threads(args.threads)
-    bar = tqdm(total=14 + 2 * len(QUANT_RECIPES), desc="latency bench", unit="step")
+    bar = tqdm(total=15 + 2 * len(QUANT_RECIPES), desc="latency bench", unit="step")
     b = Bench(args, bar)
     b.cache = S.cache_dir(args.cache)
     out = b.out
@@ -569,6 +569,14 @@ def main(argv: list[str] | None = None) -> int:
         m.close()
     out["session_variants"] = session_variants(args.bundle, args.threads, 100 if args.quick else 400)
     b.step("side by side, session options")
+    g = out["quantization"].get(SDK_INT8)
+    out["frame_loop"] = frame_loop(
+        args.bundle,
+        args.threads,
+        60 if args.quick else 600,
+        ["fp32"] + (["int8"] if g and g["passed"] else []),
+    )
+    b.step("frame loop")
     dm.close()
     reps = 1 if args.quick else 3
     cold = {}
@@ -666,6 +674,60 @@ def session_variants(bundle_dir: Path, threads: int, repeats: int) -> dict:
             ts[k].append(time.perf_counter() - t0)
     sdk.close()
     return {k: stats(np.array(v)) for k, v in ts.items()}
+
+
+def frame_loop(bundle_dir: Path, threads: int, frames: int, precisions: list[str], fps: float = 60.0) -> dict:
+    """The use the B = 1 target is about: one generate per frame of a 60 fps loop (16.7 ms period, the
+    rest of the frame idle), the typical prompts in turn, text cache off. The precisions take turns
+    frame by frame, so both see the same minutes of this machine. Per precision: latency percentiles,
+    the worst call, and the share of calls over half a frame (the target's budget). Every prompt's
+    result is checked finite and of the right shape, and equal to a second call (deterministic), first."""
+    import l2m_sdk
+
+    models = {
+        p: l2m_sdk.load(bundle_dir, backend="ort", device="cpu", threads=threads, cache_size=0, precision=p)
+        for p in precisions
+    }
+    for p, m in models.items():
+        for prompt in S.PROMPTS:
+            a, b = np.asarray(m.generate(prompt)), np.asarray(m.generate(prompt))
+            if (
+                a.shape != (m.num_frames, m.num_points, 2)
+                or not np.isfinite(a).all()
+                or not np.array_equal(a, b)
+            ):
+                raise RuntimeError(f"frame loop check failed ({p}): {prompt!r} gave shape {a.shape}")
+    period = 1.0 / fps
+    budget_ms = 0.5e3 * period
+    names = list(models)
+    ts = {p: [] for p in names}
+    start = time.perf_counter()
+    for i in range(frames * len(names)):
+        p = names[i % len(names)]
+        prompt = S.PROMPTS[(i // len(names)) % len(S.PROMPTS)]
+        t0 = time.perf_counter()
+        models[p].generate(prompt)
+        ts[p].append(time.perf_counter() - t0)
+        wait = start + (i + 1) * period - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+    for m in models.values():
+        m.close()
+    out = {
+        "fps": fps,
+        "budget_ms": budget_ms,
+        "frames_per_precision": frames,
+        "prompts": len(S.PROMPTS),
+        "ms": {},
+    }
+    for p, v in ts.items():
+        a = np.array(v)
+        out["ms"][p] = {
+            **stats(a),
+            "max": float(a.max() * 1e3),
+            "over_budget": float((a * 1e3 > budget_ms).mean()),
+        }
+    return out
 
 
 if __name__ == "__main__":

@@ -147,11 +147,17 @@ def test_harness_rows_checks_and_tables(tmp_path, rng):
     out["cold_start"] = {}
     out["not_available"] = startup.not_available(LT.DEFAULT_BUNDLE)
     out["elapsed_s"] = 1.0
+    fl = LT.frame_loop(LT.DEFAULT_BUNDLE, 1, 6, ["fp32", "int8"])
+    assert set(fl["ms"]) == {"fp32", "int8"} and fl["budget_ms"] == pytest.approx(1e3 / 120)
+    for st in fl["ms"].values():
+        assert st["n"] == 6 and 0 < st["min"] <= st["p50"] <= st["max"] and 0 <= st["over_budget"] <= 1
+    out["frame_loop"] = fl
     out["acceptance"] = R.acceptance(out)
     assert any("p99" in a["what"] for a in out["acceptance"])
     md = R.write(out, tmp_path)
     assert "| default | ORT CPU fp32 |" in md and "Not measured here" in md
     assert "ms idle before each" in md and "back to back" in md
+    assert "60 fps frame loop" in md and sum("frame loop" in a["what"] for a in out["acceptance"]) == 2
     assert any("CLIP: ORT CPU fp32 vs reference" in a["what"] for a in out["acceptance"])
     assert f"{row['generate_b1']['p50']:.2f}" in md
     back = json.loads((tmp_path / "latency.json").read_text())
