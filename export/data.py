@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.captions import DIRECTIONS, HORIZONTAL, spec_key, write_caption
+from export.captions import _OBJECTS, DIRECTIONS, HORIZONTAL, _pick, spec_key, write_caption
 from export.captions import wide_nouns as vocabulary_nouns
 
 SPEED_FACTOR = {"slow": 0.5, "normal": 1.0, "fast": 1.8}
@@ -299,22 +299,36 @@ class CaptionPool:
     captions: list
     keys: list
     held_out: bool
+    twins: list | None = None  # with build(twin_noun=w): each caption with its object replaced by w
 
     @classmethod
-    def build(cls, size: int, seed: int, held_out: bool = False, wide_nouns: float = 0.0) -> CaptionPool:
+    def build(
+        cls,
+        size: int,
+        seed: int,
+        held_out: bool = False,
+        wide_nouns: float = 0.0,
+        twin_noun: str | None = None,
+    ) -> CaptionPool:
         """`wide_nouns`: the fraction of captions whose object is a word of captions.wide_nouns() (the
         text tower's whole vocabulary, filtered) instead of the object list; 0 keeps the draws of
-        earlier pools bit for bit."""
+        earlier pools bit for bit. `twin_noun`: also write every caption again, word for word, with this
+        object instead (`twins`); the captions themselves do not change."""
         if wide_nouns and held_out:
             raise ValueError("wide_nouns is for training pools; held-out captions use the held-out objects")
         words = vocabulary_nouns() if wide_nouns else None
         rng = np.random.default_rng(seed)
-        specs, caps, keys, seen = [], [], [], set()
+        specs, caps, keys, twins, seen = [], [], [], [], set()
         tries = 0
         while len(caps) < size and tries < size * 20:
             tries += 1
             spec = sample_spec(rng)
             noun = words[int(rng.integers(len(words)))] if words and rng.random() < wide_nouns else None
+            state = None
+            if twin_noun is not None:
+                if noun is None:  # the draw write_caption makes first, made here: the stream is unchanged
+                    noun = _pick(rng, _OBJECTS, held_out)[0]
+                state = rng.bit_generator.state
             cap = write_caption(spec, rng, held_out=held_out, noun=noun)
             if cap in seen:
                 continue
@@ -322,7 +336,11 @@ class CaptionPool:
             specs.append(spec)
             caps.append(cap)
             keys.append(spec_key(spec))
-        return cls(specs, caps, keys, held_out)
+            if state is not None:
+                twin_rng = np.random.default_rng()
+                twin_rng.bit_generator.state = state
+                twins.append(write_caption(spec, twin_rng, held_out=held_out, noun=twin_noun))
+        return cls(specs, caps, keys, held_out, twins if twin_noun is not None else None)
 
 
 def make_batch(

@@ -158,6 +158,27 @@ def test_wide_noun_pool_keeps_held_out_words_out(seed):
         CaptionPool.build(10, seed, held_out=True, wide_nouns=0.5)
 
 
+def test_twin_captions_differ_only_in_the_object(seed):
+    plain = CaptionPool.build(800, seed, wide_nouns=0.5)
+    pool = CaptionPool.build(800, seed, wide_nouns=0.5, twin_noun="object")
+    assert pool.captions == plain.captions and plain.twins is None  # twins do not change the pool
+    assert CaptionPool.build(300, seed, twin_noun="object").captions == CaptionPool.build(300, seed).captions
+    assert len(pool.twins) == len(pool.captions)
+    for cap, twin in zip(pool.captions, pool.twins):
+        if cap == twin:  # "object" is also one of the training objects
+            assert re.search(r"\b(an|the) object\b", cap), cap
+            continue
+        c, t = cap.split(), twin.split()
+        i = 0
+        while i < min(len(c), len(t)) and c[i] == t[i]:
+            i += 1
+        j = 0
+        while j < min(len(c), len(t)) - i and c[-1 - j] == t[-1 - j]:
+            j += 1
+        assert t[i : len(t) - j] in (["object"], ["an", "object"]), (cap, twin)
+        assert 1 <= len(c) - i - j <= 4, (cap, twin)
+
+
 # -- frame 0 and screen semantics ----------------------------------------------------------------------
 
 

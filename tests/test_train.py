@@ -171,6 +171,37 @@ def test_text_noise_perturbs_only_the_text_reconstruction(seed):
     assert not torch.equal(plain["rec_text"], noisy["rec_text"])
 
 
+def test_noun_invariance_pulls_a_caption_toward_its_twin(seed):
+    """The term is 1 - cos(adapter(e), adapter(e_twin)): 0 when the twin equals the caption (adapter
+    output renormalised: float32 rounding only), added to the total with its weight, its gradient
+    reaching the adapter only; weight 0 or no twins leaves the loss as it was."""
+    model = L2M(ModelConfig(**SMALL))
+    with torch.no_grad():
+        for p in model.adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    pool = CaptionPool.build(40, seed)
+    idx = np.arange(12)
+    traj = torch.from_numpy(make_batch(pool, idx, 16, 9, np.random.default_rng(seed)))
+    e = F.normalize(torch.randn(12, 24), dim=-1)
+    twin = F.normalize(torch.randn(12, 24), dim=-1)
+    keys = [pool.keys[i] for i in idx]
+    w = LossWeights()
+    with torch.no_grad():
+        plain = compute_losses(model, traj, e, keys, w)
+        same = compute_losses(model, traj, e, keys, w, e_twin=e, noun_invariance=2.0)
+        off = compute_losses(model, traj, e, keys, w, e_twin=twin, noun_invariance=0.0)
+    assert float(same["noun_invariance"]) < 1e-6 and "noun_invariance" not in off
+    assert torch.equal(off["total"], plain["total"])
+    out = compute_losses(model, traj, e, keys, w, e_twin=twin, noun_invariance=2.0)
+    want = 1 - (model.adapter(e) * model.adapter(twin)).sum(-1).mean()
+    assert float(out["noun_invariance"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 0.05
+    assert float(out["total"]) == pytest.approx(float(plain["total"] + 2.0 * want), rel=1e-5)
+    model.zero_grad()
+    out["noun_invariance"].backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.adapter.parameters()) > 0
+    assert all(p.grad is None for p in model.decoder.parameters())
+
+
 def test_lr_schedule():
     cfg = _tiny(steps=100, warmup=10, lr=1e-3)
     lrs = [lr_at(s, cfg) for s in range(101)]
