@@ -7,6 +7,7 @@ every trajectory is the initial layout. Deterministic by seed.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -324,11 +325,11 @@ class CaptionPool:
             tries += 1
             spec = sample_spec(rng)
             noun = words[int(rng.integers(len(words)))] if words and rng.random() < wide_nouns else None
-            state = None
+            twin_rng = None
             if twin_noun is not None:
                 if noun is None:  # the draw write_caption makes first, made here: the stream is unchanged
                     noun = _pick(rng, _OBJECTS, held_out)[0]
-                state = rng.bit_generator.state
+                twin_rng = copy.deepcopy(rng)  # the same draws for the twin's other words
             cap = write_caption(spec, rng, held_out=held_out, noun=noun)
             if cap in seen:
                 continue
@@ -336,9 +337,7 @@ class CaptionPool:
             specs.append(spec)
             caps.append(cap)
             keys.append(spec_key(spec))
-            if state is not None:
-                twin_rng = np.random.default_rng()
-                twin_rng.bit_generator.state = state
+            if twin_rng is not None:
                 twins.append(write_caption(spec, twin_rng, held_out=held_out, noun=twin_noun))
         return cls(specs, caps, keys, held_out, twins if twin_noun is not None else None)
 

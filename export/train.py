@@ -134,13 +134,13 @@ PRESETS = {
 }
 
 
-def pool_embeddings(enc: TextEncoder, pool: CaptionPool, cache_dir: Path) -> np.ndarray:
+def pool_embeddings(enc: TextEncoder, captions: list[str], cache_dir: Path) -> np.ndarray:
     """Frozen-tower embeddings of every caption, cached by tower spec and caption hash."""
-    h = hashlib.sha256(("\n".join(pool.captions) + enc.spec).encode()).hexdigest()[:16]
+    h = hashlib.sha256(("\n".join(captions) + enc.spec).encode()).hexdigest()[:16]
     path = cache_dir / f"pool-{enc.spec.replace(':', '_').replace('/', '_')}-{h}.npy"
     if path.exists():
         return np.load(path)
-    emb = enc.encode(pool.captions, progress=len(pool.captions) > 2000).numpy().astype(np.float32)
+    emb = enc.encode(captions, progress=len(captions) > 2000).numpy().astype(np.float32)
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(path, emb)
     return emb
@@ -217,11 +217,8 @@ def train(
     weights = LossWeights(**cfg.weights)
     twin = TWIN_NOUN if cfg.noun_invariance > 0 else None
     pool = CaptionPool.build(cfg.pool_size, cfg.seed, wide_nouns=cfg.wide_nouns, twin_noun=twin)
-    emb = torch.from_numpy(pool_embeddings(enc, pool, cache_dir))
-    emb_twin = None
-    if twin:
-        twins = CaptionPool(pool.specs, pool.twins, pool.keys, pool.held_out)
-        emb_twin = torch.from_numpy(pool_embeddings(enc, twins, cache_dir))
+    emb = torch.from_numpy(pool_embeddings(enc, pool.captions, cache_dir))
+    emb_twin = torch.from_numpy(pool_embeddings(enc, pool.twins, cache_dir)) if twin else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     step = 0

@@ -235,11 +235,11 @@ def test_pool_embeddings_cached(tmp_path):
             return torch.ones(len(texts), 3)
 
     pool = CaptionPool.build(10, 0)
-    a = pool_embeddings(FakeEncoder(), pool, tmp_path)
-    b = pool_embeddings(FakeEncoder(), pool, tmp_path)
+    a = pool_embeddings(FakeEncoder(), pool.captions, tmp_path)
+    b = pool_embeddings(FakeEncoder(), pool.captions, tmp_path)
     assert FakeEncoder.calls == 1 and a.shape == (10, 3) and np.array_equal(a, b)
     other = CaptionPool.build(10, 1)
-    pool_embeddings(FakeEncoder(), other, tmp_path)  # different captions: a different cache entry
+    pool_embeddings(FakeEncoder(), other.captions, tmp_path)  # different captions: a different cache entry
     assert FakeEncoder.calls == 2
 
 
