@@ -70,10 +70,22 @@ def prompts(n: int = 64) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- CLIP bundle
+def clip_model_config(default_model: dict) -> dict:
+    """The CLIP configuration timed beside the default one: the default model's sizes on CLIP's tower.
+    CLIP pools at its end-of-text token, so the default's attention pooling over MiniLM's token states
+    has no counterpart there."""
+    return {
+        **default_model,
+        "dim": 512,
+        "text_tower": f"clip:{CLIP_ARCH}",
+        "decoder": "nar",
+        "text_pool": "mean",
+    }
+
+
 def clip_bundle(default_bundle: Path, cache: Path, progress=None) -> Path:
     """Build (once) a ViT-B-32 bundle with random weights, sized like the default model; returns its dir."""
-    base_cfg = json.loads((default_bundle / "manifest.json").read_text())["model"]
-    cfg = {**base_cfg, "dim": 512, "text_tower": f"clip:{CLIP_ARCH}", "decoder": "nar"}
+    cfg = clip_model_config(json.loads((default_bundle / "manifest.json").read_text())["model"])
     # the bundle layout ('ort_graphs': bump when export.bundle writes different files) and the fusion
     # pass's source (a changed fusion rebuilds the fused graphs)
     fusion = hashlib.sha256((Path(__file__).parents[1] / "export" / "ort_fuse.py").read_bytes()).hexdigest()

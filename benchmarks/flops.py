@@ -53,9 +53,14 @@ def _block(tokens: int, width: int, ff: int) -> int:
     return 2 * tokens * (4 * width * width + 2 * width * ff) + 4 * tokens * tokens * width
 
 
-def text_flops(tower: Tower, batch: int, tokens: int, adapter_hidden: int = 0) -> int:
-    """Text tower (+ l2m's residual adapter when adapter_hidden > 0) for a (batch, tokens) id matrix."""
+def text_flops(
+    tower: Tower, batch: int, tokens: int, adapter_hidden: int = 0, attention_pool: bool = False
+) -> int:
+    """Text tower (+ l2m's residual adapter when adapter_hidden > 0, + its attention pooling's token
+    scores when attention_pool) for a (batch, tokens) id matrix."""
     f = tower.layers * _block(tokens, tower.width, tower.ff)
+    if attention_pool:
+        f += 2 * tokens * tower.width
     if tower.read_at_one_token:
         f += 2 * tower.width * tower.out_dim
     if adapter_hidden:

@@ -158,7 +158,9 @@ class Bench:
         if render:
             stages["render"] = stats(sample(lambda: l2m_sdk.render(traj, size=224), self.n_stage))
         g12 = stats(sample(lambda: model.generate(PROMPT_12), self.n_gen, 5))
-        fl_text = F.text_flops(tower, 1, ntok, cfg.get("adapter_hidden", 0))
+        fl_text = F.text_flops(
+            tower, 1, ntok, cfg.get("adapter_hidden", 0), cfg.get("text_pool") == "attention"
+        )
         fl_dec = F.nar_decoder_flops(cfg, 1, T, N)
         row = {
             "config": config,
@@ -263,7 +265,9 @@ class Bench:
         g12 = stats(sample(lambda: gen([PROMPT_12]), max(20, self.n_gen // 3), 3))
         ntok = int(b.attention_mask.sum())
         tower = F.tower_for(cfg["text_tower"])
-        fl_text = F.text_flops(tower, 1, ntok, cfg.get("adapter_hidden", 0))
+        fl_text = F.text_flops(
+            tower, 1, ntok, cfg.get("adapter_hidden", 0), cfg.get("text_pool") == "attention"
+        )
         fl_dec = F.nar_decoder_flops(cfg, 1, T, N)
         row = {
             "config": "default",
@@ -321,7 +325,7 @@ class Bench:
 
         torch.set_num_threads(threads)
         l2m = load_weights(model.bundle.path / "model.safetensors")
-        tg = TextGraph(load_minilm(), l2m.adapter).eval()
+        tg = TextGraph(load_minilm(), l2m.adapter, l2m.pool).eval()
         rng = np.random.default_rng()
         ps = [S.PROMPTS[int(i)] for i in rng.choice(len(S.PROMPTS), 4, replace=False)]
         b = model.tokenizer.encode(ps)
@@ -472,7 +476,13 @@ class Bench:
         sess = model._sessions["text"]
         st = stats(sample(lambda: sess.run(feeds), self.n_stage * 2, 5))
         tower = F.tower_for(model.bundle.model["text_tower"])
-        fl = F.text_flops(tower, 1, tokens, model.bundle.model.get("adapter_hidden", 0))
+        fl = F.text_flops(
+            tower,
+            1,
+            tokens,
+            model.bundle.model.get("adapter_hidden", 0),
+            model.bundle.model.get("text_pool") == "attention",
+        )
         r = {
             "config": config,
             "backend": backend,

@@ -62,7 +62,13 @@ class Evaluator:
 
     @torch.inference_mode()
     def text(self, texts: list[str]) -> torch.Tensor:
-        return self.model.adapter(self.enc.encode(texts))
+        if self.model.pool is None:
+            return self.model.adapter(self.enc.encode(texts))
+        out = []
+        for i in range(0, len(texts), 256):
+            ids, mask = self.enc.tokenize(texts[i : i + 256])
+            out.append(self.model.pool(self.enc.tower.token_states(ids, mask), mask))
+        return self.model.adapter(torch.cat(out)) if out else torch.zeros(0, self.model.cfg.dim)
 
     @torch.inference_mode()
     def motion(self, traj: np.ndarray) -> torch.Tensor:

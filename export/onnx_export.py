@@ -18,22 +18,27 @@ import onnx
 import torch
 from torch import nn
 
-from export.model import L2M, TextAdapter
+from export.model import L2M, TextAdapter, TextPool
 
 log = logging.getLogger("l2m.export")
 OPSET = 18
 
 
 class TextGraph(nn.Module):
-    """Frozen tower followed by the trained adapter: (ids, mask) -> (B, D) unit rows."""
+    """Frozen tower followed by the trained adapter: (ids, mask) -> (B, D) unit rows. With `pool` (a
+    model whose text_pool is "attention") the tower's token states go through it instead of the tower's
+    own mean pooling."""
 
-    def __init__(self, tower: nn.Module, adapter: TextAdapter):
+    def __init__(self, tower: nn.Module, adapter: TextAdapter, pool: TextPool | None = None):
         super().__init__()
         self.tower = tower
         self.adapter = adapter
+        self.pool = pool
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.adapter(self.tower(input_ids, attention_mask))
+        if self.pool is None:
+            return self.adapter(self.tower(input_ids, attention_mask))
+        return self.adapter(self.pool(self.tower.token_states(input_ids, attention_mask), attention_mask))
 
 
 def _export(
@@ -94,7 +99,9 @@ def _check_dynamic(m: onnx.ModelProto, path: Path) -> None:
             raise RuntimeError(f"{path.name}: input {inp.name} has a fixed batch axis {dims[0].dim_value}")
 
 
-def export_text(tower: nn.Module, adapter: TextAdapter, path: Path, max_tokens: int) -> Path:
+def export_text(
+    tower: nn.Module, adapter: TextAdapter, path: Path, max_tokens: int, pool: TextPool | None = None
+) -> Path:
     Dim = torch.export.Dim
     batch, tokens = Dim("batch", min=1, max=4096), Dim("tokens", min=1, max=max_tokens)
     ids = torch.randint(1, 1000, (2, 7), dtype=torch.long)
@@ -102,7 +109,12 @@ def export_text(tower: nn.Module, adapter: TextAdapter, path: Path, max_tokens: 
     mask = torch.ones_like(ids)
     dyn = ({0: batch, 1: tokens}, {0: batch, 1: tokens})
     return _export(
-        TextGraph(tower, adapter), (ids, mask), path, ["input_ids", "attention_mask"], ["embedding"], dyn
+        TextGraph(tower, adapter, pool),
+        (ids, mask),
+        path,
+        ["input_ids", "attention_mask"],
+        ["embedding"],
+        dyn,
     )
 
 

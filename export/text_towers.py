@@ -106,6 +106,13 @@ class MiniLMTower(nn.Module):
         self.encoder = _BertEncoder(layers, w, ff, heads)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.token_states(input_ids, attention_mask)
+        m = attention_mask.to(x.dtype)
+        pooled = (x * m[..., None]).sum(1) / torch.clamp(m.sum(1, keepdim=True), min=1e-9)
+        return F.normalize(pooled, dim=-1)
+
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The last layer's hidden states (B, L, D) before pooling (what export.model.TextPool reads)."""
         L = input_ids.shape[1]
         e = self.embeddings
         pos = torch.arange(L, dtype=torch.long)
@@ -119,8 +126,7 @@ class MiniLMTower(nn.Module):
         bias = ((1.0 - m) * -1e4)[:, None, None, :]
         for layer in self.encoder.layer:
             x = layer(x, bias)
-        pooled = (x * m[..., None]).sum(1) / torch.clamp(m.sum(1, keepdim=True), min=1e-9)
-        return F.normalize(pooled, dim=-1)
+        return x
 
 
 def minilm_dir() -> Path:
@@ -289,6 +295,37 @@ class TextEncoder:
             ids, mask = self.tokenize(texts[i : i + batch_size])
             out.append(self.tower(ids, mask))
         return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+    @torch.inference_mode()
+    def encode_states(
+        self, texts: list[str], batch_size: int = 256, progress: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states (P, L, D) float16 and mask (P, L) uint8 for export.model.TextPool, L = the longest
+        caption; MiniLM only (a CLIP tower pools inside itself)."""
+        if not hasattr(self.tower, "token_states"):
+            raise ValueError(f"tower {self.spec!r} has no token states to pool; use text_pool='mean'")
+        xs, ms = [], []
+        rng = range(0, len(texts), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            rng = tqdm(rng, desc=f"token states ({self.spec})", unit="batch")
+        for i in rng:
+            ids, mask = self.tokenize(texts[i : i + batch_size])
+            xs.append(self.tower.token_states(ids, mask).half())
+            ms.append(mask.to(torch.uint8))
+        L = max((x.shape[1] for x in xs), default=1)
+        x = (
+            torch.cat([F.pad(x, (0, 0, 0, L - x.shape[1])) for x in xs])
+            if xs
+            else torch.zeros(0, L, self.dim)
+        )
+        m = (
+            torch.cat([F.pad(m, (0, L - m.shape[1])) for m in ms])
+            if ms
+            else torch.zeros(0, L, dtype=torch.uint8)
+        )
+        return x, m
 
 
 def save_tiny_clip_config(path: str | Path, name: str = "l2m-tiny-clip") -> str:

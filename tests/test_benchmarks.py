@@ -44,7 +44,7 @@ def _count(fn) -> int:
 def test_analytic_flops_equal_torch_flop_counter(rng):
     """The napkin math must be exact for matrix products: compare with torch's own FLOP counter on
     random small configurations and shapes."""
-    from export.model import ARDecoder, ModelConfig, MotionDecoder, MotionEncoder, TextAdapter
+    from export.model import ARDecoder, ModelConfig, MotionDecoder, MotionEncoder, TextAdapter, TextPool
     from export.text_towers import MiniLMTower
 
     cfg = ModelConfig(
@@ -75,6 +75,9 @@ def test_analytic_flops_equal_torch_flop_counter(rng):
     got = _count(lambda: adapter(tower(ids, torch.ones_like(ids))))
     t = F.Tower(layers=2, width=16, ff=32, out_dim=16, read_at_one_token=False, vocab=50)
     assert got == F.text_flops(t, B, L, cfg.adapter_hidden)
+    pool, mask = TextPool(16), torch.ones_like(ids)
+    got = _count(lambda: adapter(pool(tower.token_states(ids, mask), mask)))
+    assert got == F.text_flops(t, B, L, cfg.adapter_hidden, attention_pool=True)
 
 
 def test_check_close_records_and_raises(rng):
@@ -181,3 +184,17 @@ def test_cold_start_subprocess_reports_its_own_memory():
     parts = r["import_s"] + r["runtime_import_s"] + r["verify_s"] + r["sessions_s"] + r["first_call_s"]
     assert abs(parts - r["total_s"]) < 1e-3
     assert 0 < r["peak_rss_mb"] < parent_peak_mb - 500, (r["peak_rss_mb"], parent_peak_mb)
+
+
+def test_clip_configuration_builds_from_the_shipped_default():
+    """The benchmark's CLIP ViT-B-32 model takes the shipped default's sizes; whatever text pooling the
+    default uses, the CLIP model must be constructible (CLIP pools at its end-of-text token)."""
+    from export.model import L2M, ModelConfig
+
+    default = json.loads((LT.DEFAULT_BUNDLE / "manifest.json").read_text())["model"]
+    cfg = S.clip_model_config(default)
+    model = L2M(ModelConfig.from_dict(cfg))
+    assert model.pool is None and model.cfg.dim == 512 and model.cfg.text_tower.startswith("clip:")
+    assert {k: cfg[k] for k in ("width", "enc_layers", "dec_layers")} == {
+        k: default[k] for k in ("width", "enc_layers", "dec_layers")
+    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from export.model import L2M, ARDecoder, ModelConfig, MotionDecoder, MotionEncoder, TextAdapter
+from export.model import L2M, ARDecoder, ModelConfig, MotionDecoder, MotionEncoder, TextAdapter, TextPool
 
 NS = (1, 7, 64, 256)
 TS = (16, 30, 60)
@@ -170,6 +170,56 @@ def test_text_adapter_starts_as_identity(seed):
         moved = _perturbed(adapter)(e)
     assert torch.allclose(moved.norm(dim=-1), torch.ones(5), atol=1e-5)
     assert float((moved - e).abs().max()) > 1e-4
+
+
+def _states_and_mask(B: int, L: int, D: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token states and a mask of rows of random lengths 1..L (the first row full, the last one
+    token long)."""
+    x = torch.randn(B, L, D) * 3
+    n = torch.randint(1, L + 1, (B,))
+    n[0], n[-1] = L, 1
+    mask = (torch.arange(L)[None] < n[:, None]).long()
+    return x, mask
+
+
+def test_text_pool_starts_as_mean_pooling(seed):
+    """Zero-initialised scores: the pool is the tower's own masked mean + L2 norm, so a model trained with
+    mean pooling is its exact starting point."""
+    x, mask = _states_and_mask(6, 11, 24)
+    m = mask.float()
+    want = torch.nn.functional.normalize((x * m[..., None]).sum(1) / m.sum(1, keepdim=True), dim=-1)
+    with torch.no_grad():
+        got = TextPool(24)(x, mask)
+    assert float((got - want).abs().max()) <= 1e-6
+
+
+def test_text_pool_weighs_tokens_and_ignores_padding(seed):
+    """With scores away from zero the pool is a (normalised) convex combination of the row's own tokens
+    that differs from the mean, and whatever sits in the padding changes nothing."""
+    pool = _perturbed(TextPool(24), scale=0.5)
+    x, mask = _states_and_mask(6, 11, 24)
+    m = mask.float()
+    mean = torch.nn.functional.normalize((x * m[..., None]).sum(1), dim=-1)
+    with torch.no_grad():
+        got = pool(x, mask)
+        junk = x + (1 - m)[..., None] * torch.randn_like(x) * 100
+        assert float((pool(junk, mask) - got).abs().max()) <= 1e-6
+        w = torch.softmax(pool.score(x).squeeze(-1) + (m - 1) * 1e4, -1)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(6), atol=1e-5)
+    assert float(w[m == 0].max()) == 0.0 and torch.allclose(w.sum(-1), torch.ones(6), atol=1e-6)
+    assert float((got - mean).abs().max()) > 1e-3
+    # a one-token row pools to that token
+    one = mask.sum(1) == 1
+    assert torch.allclose(got[one], torch.nn.functional.normalize(x[one, 0], dim=-1), atol=1e-6)
+
+
+def test_text_pool_config_is_checked():
+    assert L2M(ModelConfig(**SMALL)).pool is None
+    assert isinstance(L2M(ModelConfig(**SMALL, text_pool="attention")).pool, TextPool)
+    with pytest.raises(ValueError, match="'mean' or 'attention'"):
+        L2M(ModelConfig(**SMALL, text_pool="max"))
+    with pytest.raises(ValueError, match="token states"):
+        L2M(ModelConfig(**SMALL, text_pool="attention", text_tower="clip:ViT-B-32"))
 
 
 def test_times_span_unit_interval():

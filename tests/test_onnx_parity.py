@@ -160,8 +160,13 @@ def padded(ids: np.ndarray, mask: np.ndarray, L: int) -> tuple[np.ndarray, np.nd
 
 
 def torch_text(g: Graphs, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The export side's text path: tower, then the model's attention pooling when it has one (else the
+    tower's own pooling), then the adapter."""
+    from export.onnx_export import TextGraph
+
     with torch.no_grad():
-        return g.ref.adapter(g.tower(torch.from_numpy(ids), torch.from_numpy(mask))).numpy()
+        graph = TextGraph(g.tower, g.ref.adapter, g.ref.pool).eval()
+        return graph(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
 
 
 @pytest.mark.parametrize("which", ALL)
@@ -275,3 +280,35 @@ def test_clip_b32_text_and_cut_at_eot(b32_text, B, rng, check):
         check(f"clip-ViT-B-32/text[B={B},L={L}]", got, ref_cut, EMB_ATOL)
         check(f"clip-ViT-B-32/text_cut_vs_77_torch[B={B},L={L}]", ref_cut, ref_full, EOT_ATOL)
         check(f"clip-ViT-B-32/text_cut_onnx_vs_77_torch[B={B},L={L}]", got, ref_full, EOT_ATOL)
+
+
+def test_text_attention_pool(tmp_path, rng, check, randomize):
+    """A model with text_pool="attention" (the pool's token scores random, not the zero start that equals
+    mean pooling) exports a text graph equal to torch, rows of mixed lengths padded to the longest:
+    padding gets no weight in either."""
+    import onnxruntime as ort
+
+    from export.model import L2M, ModelConfig
+    from export.onnx_export import TextGraph, export_text
+    from export.text_towers import MiniLMTower
+
+    tower = MiniLMTower(vocab=BERT_VOCAB, w=32, layers=2, heads=2, ff=64).eval()
+    model = L2M(ModelConfig(dim=32, width=32, enc_layers=1, dec_layers=1, heads=2, ff=64, point_hidden=16,
+                            adapter_hidden=16, text_pool="attention"))  # fmt: skip
+    randomize(tower, rng, 0.1)
+    randomize(model, rng, 0.3)
+    randomize(model.pool, rng, 30.0)  # token scores of order 1 on these small states: far from uniform
+    path = export_text(tower, model.adapter.eval(), tmp_path / "text.onnx", 64, model.pool.eval())
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    lengths = [int(rng.integers(20, 40)), *rng.integers(1, 20, 4).tolist()]
+    ids, mask = random_ids(rng, "minilm", lengths)
+    got = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    with torch.no_grad():
+        graph = TextGraph(tower, model.adapter, model.pool).eval()
+        want = graph(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        mean = model.adapter(tower(torch.from_numpy(ids), torch.from_numpy(mask))).numpy()
+    check("attention-pool/text", got, want, EMB_ATOL)
+    assert np.abs(want - mean).max() > 1e-3, "random token scores should pool differently from the mean"
+    # the same rows padded further: padding is inert in the exported graph too
+    got_padded = sess.run(None, dict(zip(("input_ids", "attention_mask"), padded(ids, mask, 56))))[0]
+    check("attention-pool/text-padded", got_padded, want, EMB_ATOL)

@@ -202,6 +202,46 @@ def test_noun_invariance_pulls_a_caption_toward_its_twin(seed):
     assert all(p.grad is None for p in model.decoder.parameters())
 
 
+def test_noun_motion_invariance_compares_the_two_decodings(seed):
+    """The motion-space term is rec(decoder(adapter(e)), decoder(adapter(e_twin))) on the batch's initial
+    points and times: 0 when the twin equals the caption, added with its weight, its gradient reaching
+    the decoder and the adapter; weight 0 leaves the loss as it was."""
+    model = L2M(ModelConfig(**SMALL))
+    torch.nn.init.normal_(model.decoder.affine.weight, std=0.5)  # a decoder that reads the embedding
+    with torch.no_grad():
+        for p in model.adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    pool = CaptionPool.build(40, seed)
+    idx = np.arange(12)
+    traj = torch.from_numpy(make_batch(pool, idx, 16, 9, np.random.default_rng(seed)))
+    e = F.normalize(torch.randn(12, 24), dim=-1)
+    twin = F.normalize(torch.randn(12, 24), dim=-1)
+    keys = [pool.keys[i] for i in idx]
+    w = LossWeights()
+    with torch.no_grad():
+        plain = compute_losses(model, traj, e, keys, w)
+        same = compute_losses(model, traj, e, keys, w, e_twin=e, noun_motion_invariance=3.0)
+        off = compute_losses(model, traj, e, keys, w, e_twin=twin, noun_motion_invariance=0.0)
+    assert float(same["noun_motion_invariance"]) == 0.0 and "noun_motion_invariance" not in off
+    assert torch.equal(off["total"], plain["total"])
+    out = compute_losses(model, traj, e, keys, w, e_twin=twin, noun_motion_invariance=3.0)
+    times, init = L2M.times(16), traj[:, 0]
+    with torch.no_grad():
+        a = model.decoder(model.adapter(e), init, times)
+        b = model.decoder(model.adapter(twin), init, times)
+    want = reconstruction(a, b, w.velocity)
+    assert float(out["noun_motion_invariance"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 1e-3
+    assert float(out["total"]) == pytest.approx(float(plain["total"] + 3.0 * want), rel=1e-5)
+    model.zero_grad()
+    out["noun_motion_invariance"].backward()
+    for name in ("adapter", "decoder"):
+        assert (
+            sum(float(p.grad.abs().sum()) for p in getattr(model, name).parameters() if p.grad is not None)
+            > 0
+        )
+    assert all(p.grad is None for p in model.encoder.parameters())
+
+
 def test_lr_schedule():
     cfg = _tiny(steps=100, warmup=10, lr=1e-3)
     lrs = [lr_at(s, cfg) for s in range(101)]
@@ -244,6 +284,39 @@ def test_pool_embeddings_cached(tmp_path):
 
 
 # -- short training runs -----------------------------------------------------------------------------
+
+
+def test_attention_pool_stage_starts_from_a_mean_pooled_run(seed, tmp_path, cache_dir):
+    """A stage with text_pool="attention" initialised from a mean-pooled run: it loads (only the pool's
+    weights are new), starts with the same text embeddings as the run it came from, trains the pool
+    from cached token states (its scores leave zero), and then embeds differently. Weights of another
+    configuration are refused with a message naming the mismatch."""
+    from export.evaluate import Evaluator
+    from export.text_towers import TextEncoder
+    from export.train import load_weights
+
+    first = _quiet_train(_tiny(steps=4, seed=seed), tmp_path / "mean", cache_dir=cache_dir)
+    init = str(tmp_path / "mean" / "model.safetensors")
+    model = {**PRESETS["tiny"].model, "text_pool": "attention"}
+    cfg = _tiny(steps=12, lr=3e-3, warmup=1, seed=seed + 1, init_from=init, model=model)
+    res = _quiet_train(cfg, tmp_path / "attn", cache_dir=cache_dir, halt_at=0)
+    enc = TextEncoder("minilm")
+    caps = ["a dial dwindles slowly", "the kite drifts to the top left corner", "a puddle stays still"]
+    with torch.no_grad():
+        before = Evaluator(first["model"], enc).text(caps)
+        start = Evaluator(res["model"], enc).text(caps)
+    assert float((start - before).abs().max()) < 1e-5
+    res = _quiet_train(cfg, tmp_path / "attn", cache_dir=cache_dir)
+    trained = load_weights(tmp_path / "attn" / "model.safetensors")
+    assert trained.cfg.text_pool == "attention"
+    assert float(trained.pool.score.weight.abs().max()) > 1e-3
+    with torch.no_grad():
+        after = Evaluator(trained, enc).text(caps)
+    assert float((after - before).abs().max()) > 1e-3
+    assert any(p.name.startswith("states-minilm-") for p in cache_dir.iterdir())
+    wide = {**PRESETS["tiny"].model, "width": 32}
+    with pytest.raises(ValueError, match="does not fit this model"):
+        _quiet_train(_tiny(steps=1, init_from=init, model=wide), tmp_path / "bad", cache_dir=cache_dir)
 
 
 def test_short_training_lowers_the_loss(seed, tmp_path, cache_dir, monkeypatch):
