@@ -171,11 +171,12 @@ def test_text_noise_perturbs_only_the_text_reconstruction(seed):
     assert not torch.equal(plain["rec_text"], noisy["rec_text"])
 
 
-def test_noun_invariance_pulls_a_caption_toward_its_twin(seed):
-    """The term is 1 - cos(adapter(e), adapter(e_twin)): 0 when the twin equals the caption (adapter
-    output renormalised: float32 rounding only), added to the total with its weight, its gradient
-    reaching the adapter only; weight 0 or no twins leaves the loss as it was."""
+def _twin_batch(seed: int):
+    """A small model whose adapter is away from its identity start and whose decoder reads the embedding
+    (the zero-initialised affine head would not), a batch of 12 motions, and random caption and twin
+    embeddings: (model, traj, e, twin, keys)."""
     model = L2M(ModelConfig(**SMALL))
+    torch.nn.init.normal_(model.decoder.affine.weight, std=0.5)
     with torch.no_grad():
         for p in model.adapter.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -184,7 +185,14 @@ def test_noun_invariance_pulls_a_caption_toward_its_twin(seed):
     traj = torch.from_numpy(make_batch(pool, idx, 16, 9, np.random.default_rng(seed)))
     e = F.normalize(torch.randn(12, 24), dim=-1)
     twin = F.normalize(torch.randn(12, 24), dim=-1)
-    keys = [pool.keys[i] for i in idx]
+    return model, traj, e, twin, [pool.keys[i] for i in idx]
+
+
+def test_noun_invariance_pulls_a_caption_toward_its_twin(seed):
+    """The term is 1 - cos(adapter(e), adapter(e_twin)): 0 when the twin equals the caption (adapter
+    output renormalised: float32 rounding only), added to the total with its weight, its gradient
+    reaching the adapter only; weight 0 or no twins leaves the loss as it was."""
+    model, traj, e, twin, keys = _twin_batch(seed)
     w = LossWeights()
     with torch.no_grad():
         plain = compute_losses(model, traj, e, keys, w)
@@ -206,17 +214,7 @@ def test_noun_motion_invariance_compares_the_two_decodings(seed):
     """The motion-space term is rec(decoder(adapter(e)), decoder(adapter(e_twin))) on the batch's initial
     points and times: 0 when the twin equals the caption, added with its weight, its gradient reaching
     the decoder and the adapter; weight 0 leaves the loss as it was."""
-    model = L2M(ModelConfig(**SMALL))
-    torch.nn.init.normal_(model.decoder.affine.weight, std=0.5)  # a decoder that reads the embedding
-    with torch.no_grad():
-        for p in model.adapter.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    pool = CaptionPool.build(40, seed)
-    idx = np.arange(12)
-    traj = torch.from_numpy(make_batch(pool, idx, 16, 9, np.random.default_rng(seed)))
-    e = F.normalize(torch.randn(12, 24), dim=-1)
-    twin = F.normalize(torch.randn(12, 24), dim=-1)
-    keys = [pool.keys[i] for i in idx]
+    model, traj, e, twin, keys = _twin_batch(seed)
     w = LossWeights()
     with torch.no_grad():
         plain = compute_losses(model, traj, e, keys, w)
