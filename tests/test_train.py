@@ -188,19 +188,27 @@ def _twin_batch(seed: int):
     return model, traj, e, twin, [pool.keys[i] for i in idx]
 
 
+def _twin_term(model, traj, e, twin, keys, w, term: str, weight: float) -> tuple[dict, dict, dict]:
+    """Checks shared by the caption-twin terms (`term` is also compute_losses' keyword): with the twin
+    equal to the caption the term is ~0, with weight 0 it is absent and the total unchanged. Returns the
+    plain losses and those with the twin equal to the caption (no grad), and the losses with the term at
+    `weight` against the random twin (with grad)."""
+    with torch.no_grad():
+        plain = compute_losses(model, traj, e, keys, w)
+        same = compute_losses(model, traj, e, keys, w, e_twin=e, **{term: weight})
+        off = compute_losses(model, traj, e, keys, w, e_twin=twin, **{term: 0.0})
+    assert float(same[term]) < 1e-6 and term not in off
+    assert torch.equal(off["total"], plain["total"])
+    return plain, same, compute_losses(model, traj, e, keys, w, e_twin=twin, **{term: weight})
+
+
 def test_noun_invariance_pulls_a_caption_toward_its_twin(seed):
     """The term is 1 - cos(adapter(e), adapter(e_twin)): 0 when the twin equals the caption (adapter
     output renormalised: float32 rounding only), added to the total with its weight, its gradient
     reaching the adapter only; weight 0 or no twins leaves the loss as it was."""
     model, traj, e, twin, keys = _twin_batch(seed)
     w = LossWeights()
-    with torch.no_grad():
-        plain = compute_losses(model, traj, e, keys, w)
-        same = compute_losses(model, traj, e, keys, w, e_twin=e, noun_invariance=2.0)
-        off = compute_losses(model, traj, e, keys, w, e_twin=twin, noun_invariance=0.0)
-    assert float(same["noun_invariance"]) < 1e-6 and "noun_invariance" not in off
-    assert torch.equal(off["total"], plain["total"])
-    out = compute_losses(model, traj, e, keys, w, e_twin=twin, noun_invariance=2.0)
+    plain, _, out = _twin_term(model, traj, e, twin, keys, w, "noun_invariance", 2.0)
     want = 1 - (model.adapter(e) * model.adapter(twin)).sum(-1).mean()
     assert float(out["noun_invariance"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 0.05
     assert float(out["total"]) == pytest.approx(float(plain["total"] + 2.0 * want), rel=1e-5)
@@ -216,13 +224,8 @@ def test_noun_motion_invariance_compares_the_two_decodings(seed):
     the decoder and the adapter; weight 0 leaves the loss as it was."""
     model, traj, e, twin, keys = _twin_batch(seed)
     w = LossWeights()
-    with torch.no_grad():
-        plain = compute_losses(model, traj, e, keys, w)
-        same = compute_losses(model, traj, e, keys, w, e_twin=e, noun_motion_invariance=3.0)
-        off = compute_losses(model, traj, e, keys, w, e_twin=twin, noun_motion_invariance=0.0)
-    assert float(same["noun_motion_invariance"]) == 0.0 and "noun_motion_invariance" not in off
-    assert torch.equal(off["total"], plain["total"])
-    out = compute_losses(model, traj, e, keys, w, e_twin=twin, noun_motion_invariance=3.0)
+    plain, same, out = _twin_term(model, traj, e, twin, keys, w, "noun_motion_invariance", 3.0)
+    assert float(same["noun_motion_invariance"]) == 0.0  # the same decoder on the same input: exact
     times, init = L2M.times(16), traj[:, 0]
     with torch.no_grad():
         a = model.decoder(model.adapter(e), init, times)
