@@ -150,6 +150,27 @@ def machine(threads: int) -> dict:
     }
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs since boot, from /proc/stat; None where it cannot be read.
+    Steal is time a virtual machine's CPUs were ready to run but the host ran something else."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    vals = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return vals[7], sum(vals)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of all CPU time between two cpu_ticks() readings that the host stole (0..1), or None."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def gemm_rates(threads: int, n: int, repeats: int) -> dict:
     """fp32 GEMM GFLOP/s at n^3 on `threads` threads: torch (oneDNN/MKL) and ONNX Runtime's MatMul
     (MLAS, what the l2m graphs run on); plus single-thread numpy copy bandwidth (GB/s, read + write)."""

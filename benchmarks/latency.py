@@ -142,7 +142,9 @@ class Bench:
         T, N = model.num_frames, model.num_points
         prompts = self.typical
         i = iter(range(1 << 30))
+        ticks = F.cpu_ticks()
         gen = stats(sample(lambda: model.generate(prompts[next(i) % len(prompts)]), self.n_gen, 5))
+        gen_steal = F.steal_share(ticks, F.cpu_ticks())
         feeds, ntok = _stage_feeds(model, PROMPT_12)
         text, dec = model._sessions["text"], model._sessions["motion_decoder"]
         e = text.run(feeds)[0]
@@ -167,6 +169,7 @@ class Bench:
             "backend": backend,
             "generate_b1": gen,
             "generate_12tok": g12,
+            "generate_b1_steal": gen_steal,
             "tokens_12tok": ntok,
             "stages": stages,
             "flops": {"text": fl_text, "decoder": fl_dec, "generate": fl_text + fl_dec},
@@ -519,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     out = b.out
     t_start = time.time()
     out["machine"] = F.machine(args.threads)
+    run_ticks = F.cpu_ticks()
     man = json.loads((args.bundle / "manifest.json").read_text())
     out["settings"] = {
         "quick": args.quick,
@@ -613,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     out["acceptance"] = R.acceptance(out)
     out["elapsed_s"] = time.time() - t_start
     out["machine"]["load_avg_1m_at_end"] = os.getloadavg()[0]
+    out["machine"]["steal_share"] = F.steal_share(run_ticks, F.cpu_ticks())
     md = R.write(out, args.out)
     b.step("written")
     bar.close()
@@ -711,6 +716,7 @@ def frame_loop(bundle_dir: Path, threads: int, frames: int, precisions: list[str
     budget_ms = 0.5e3 * period
     names = list(models)
     ts = {p: [] for p in names}
+    ticks = F.cpu_ticks()
     start = time.perf_counter()
     for i in range(frames * len(names)):
         p = names[i % len(names)]
@@ -728,6 +734,7 @@ def frame_loop(bundle_dir: Path, threads: int, frames: int, precisions: list[str
         "budget_ms": budget_ms,
         "frames_per_precision": frames,
         "prompts": len(S.PROMPTS),
+        "steal": F.steal_share(ticks, F.cpu_ticks()),
         "ms": {},
     }
     for p, v in ts.items():

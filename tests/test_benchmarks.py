@@ -92,6 +92,18 @@ def test_check_close_records_and_raises(rng):
     assert not checks["different"]["ok"]
 
 
+def test_steal_share_reads_proc_stat_deltas():
+    """Steal share = stolen ticks / all ticks between two readings; unreadable or empty intervals give
+    None rather than a number."""
+    assert F.steal_share((10, 1000), (40, 1600)) == pytest.approx(30 / 600)
+    assert F.steal_share((10, 1000), (10, 1000)) is None
+    assert F.steal_share(None, (10, 1000)) is None
+    now = F.cpu_ticks()
+    if now is not None:  # Linux: monotone counters, steal part of the total
+        later = F.cpu_ticks()
+        assert 0 <= now[0] <= now[1] and later[1] >= now[1] and later[0] >= now[0]
+
+
 def test_topk_matches_a_full_sort(rng):
     g = rng.standard_normal((300, 16)).astype(np.float32)
     q = rng.standard_normal(16).astype(np.float32)
@@ -155,6 +167,8 @@ def test_harness_rows_checks_and_tables(tmp_path, rng):
     for st in fl["ms"].values():
         assert st["n"] == 6 and 0 < st["min"] <= st["p50"] <= st["max"] and 0 <= st["over_budget"] <= 1
     out["frame_loop"] = fl
+    for share in (row["generate_b1_steal"], fl["steal"]):  # None only where /proc/stat is unreadable
+        assert share is None if F.cpu_ticks() is None else 0.0 <= share <= 1.0
     out["acceptance"] = R.acceptance(out)
     assert any("p99" in a["what"] for a in out["acceptance"])
     md = R.write(out, tmp_path)
@@ -163,6 +177,11 @@ def test_harness_rows_checks_and_tables(tmp_path, rng):
     assert "60 fps frame loop" in md and sum("frame loop" in a["what"] for a in out["acceptance"]) == 2
     assert any("CLIP: ORT CPU fp32 vs reference" in a["what"] for a in out["acceptance"])
     assert f"{row['generate_b1']['p50']:.2f}" in md
+    if row["generate_b1_steal"] is not None:
+        steal = f"{row['generate_b1']['p99']:.2f} ms (p50"
+        assert any(
+            a["measured"].startswith(steal) and "host steal" in a["measured"] for a in out["acceptance"]
+        )
     back = json.loads((tmp_path / "latency.json").read_text())
     assert back["rows"][0]["generate_b1"] == row["generate_b1"]
     png = (tmp_path / "latency.png").read_bytes()
