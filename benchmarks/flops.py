@@ -54,18 +54,36 @@ def _block(tokens: int, width: int, ff: int) -> int:
 
 
 def text_flops(
-    tower: Tower, batch: int, tokens: int, adapter_hidden: int = 0, attention_pool: bool = False
+    tower: Tower,
+    batch: int,
+    tokens: int,
+    adapter_hidden: int = 0,
+    attention_pool: bool = False,
+    pool_hidden: int = 0,
 ) -> int:
     """Text tower (+ l2m's residual adapter when adapter_hidden > 0, + its attention pooling's token
-    scores when attention_pool) for a (batch, tokens) id matrix."""
+    scores when attention_pool, + the pool's per-token MLP when pool_hidden > 0) for a (batch, tokens)
+    id matrix."""
     f = tower.layers * _block(tokens, tower.width, tower.ff)
     if attention_pool:
-        f += 2 * tokens * tower.width
+        f += 2 * tokens * tower.width + 2 * 2 * tokens * tower.width * pool_hidden
     if tower.read_at_one_token:
         f += 2 * tower.width * tower.out_dim
     if adapter_hidden:
         f += 2 * 2 * tower.out_dim * adapter_hidden
     return batch * f
+
+
+def bundle_text_flops(cfg: dict, batch: int, tokens: int) -> int:
+    """text_flops for a bundle's model configuration (manifest `model`)."""
+    return text_flops(
+        tower_for(cfg["text_tower"]),
+        batch,
+        tokens,
+        cfg.get("adapter_hidden", 0),
+        cfg.get("text_pool") == "attention",
+        cfg.get("pool_hidden", 0),
+    )
 
 
 def nar_decoder_flops(cfg: dict, batch: int, frames: int, points: int) -> int:

@@ -138,7 +138,6 @@ class Bench:
         import l2m_sdk.model
 
         cfg = model.bundle.model
-        tower = F.tower_for(cfg["text_tower"])
         T, N = model.num_frames, model.num_points
         prompts = self.typical
         i = iter(range(1 << 30))
@@ -160,9 +159,7 @@ class Bench:
         if render:
             stages["render"] = stats(sample(lambda: l2m_sdk.render(traj, size=224), self.n_stage))
         g12 = stats(sample(lambda: model.generate(PROMPT_12), self.n_gen, 5))
-        fl_text = F.text_flops(
-            tower, 1, ntok, cfg.get("adapter_hidden", 0), cfg.get("text_pool") == "attention"
-        )
+        fl_text = F.bundle_text_flops(cfg, 1, ntok)
         fl_dec = F.nar_decoder_flops(cfg, 1, T, N)
         row = {
             "config": config,
@@ -267,10 +264,7 @@ class Bench:
             }
         g12 = stats(sample(lambda: gen([PROMPT_12]), max(20, self.n_gen // 3), 3))
         ntok = int(b.attention_mask.sum())
-        tower = F.tower_for(cfg["text_tower"])
-        fl_text = F.text_flops(
-            tower, 1, ntok, cfg.get("adapter_hidden", 0), cfg.get("text_pool") == "attention"
-        )
+        fl_text = F.bundle_text_flops(cfg, 1, ntok)
         fl_dec = F.nar_decoder_flops(cfg, 1, T, N)
         row = {
             "config": "default",
@@ -479,13 +473,7 @@ class Bench:
         sess = model._sessions["text"]
         st = stats(sample(lambda: sess.run(feeds), self.n_stage * 2, 5))
         tower = F.tower_for(model.bundle.model["text_tower"])
-        fl = F.text_flops(
-            tower,
-            1,
-            tokens,
-            model.bundle.model.get("adapter_hidden", 0),
-            model.bundle.model.get("text_pool") == "attention",
-        )
+        fl = F.bundle_text_flops(model.bundle.model, 1, tokens)
         r = {
             "config": config,
             "backend": backend,

@@ -33,6 +33,9 @@ class ModelConfig:
     # How the frozen tower's token states become one embedding: "mean" (the tower's own pooling) or
     # "attention" (TextPool, learned; MiniLM only).
     text_pool: str = "mean"
+    # Hidden size of a residual per-token MLP inside the attention pooling (0: none): token states are
+    # remapped one by one (x + MLP(x), zero-initialised) before they are weighed and summed.
+    pool_hidden: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -218,14 +221,27 @@ class TextPool(nn.Module):
     so the pool starts as the tower's own mean pooling over the mask (sentence-transformers') and a model
     trained with "mean" pooling is its exact starting point. Why: MiniLM's mean-pooled sentence embedding
     is dominated by the object noun (53% of its variance on training captions), and a pooling that can
-    weigh the verb tokens reads unseen verbs better (export/evaluate.py `--probe-words`, model card)."""
+    weigh the verb tokens reads unseen verbs better (export/evaluate.py `--probe-words`, model card).
 
-    def __init__(self, dim: int):
+    With hidden > 0 each token state first goes through a residual MLP, x + MLP(x), whose output layer is
+    zero-initialised (so the pool still starts as the mean): a sum of per-token nonlinear features can
+    separate what a weighted sum of the raw states cannot ("zooms in" / "zooms out" differ in one token)."""
+
+    def __init__(self, dim: int, hidden: int = 0):
         super().__init__()
+        if hidden < 0:
+            raise ValueError(f"pool_hidden must be >= 0, got {hidden}")
         self.score = nn.Linear(dim, 1, bias=False)
         nn.init.zeros_(self.score.weight)
+        self.token_fc1 = nn.Linear(dim, hidden) if hidden else None
+        self.token_fc2 = nn.Linear(hidden, dim) if hidden else None
+        if hidden:
+            nn.init.zeros_(self.token_fc2.weight)
+            nn.init.zeros_(self.token_fc2.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.token_fc1 is not None:
+            x = x + self.token_fc2(F.gelu(self.token_fc1(x)))
         m = mask.to(x.dtype)
         a = self.score(x).squeeze(-1) + (m - 1.0) * 1e4
         w = torch.softmax(a, dim=-1) * m  # a row of padding only (never produced by a tokenizer) gives 0
@@ -248,7 +264,11 @@ class L2M(nn.Module):
                 f"text_pool='attention' needs the MiniLM tower's token states; tower {cfg.text_tower!r} "
                 "pools its own (CLIP: the end-of-text token). Use text_pool='mean'."
             )
-        self.pool = TextPool(cfg.dim) if cfg.text_pool == "attention" else None
+        if cfg.pool_hidden and cfg.text_pool != "attention":
+            raise ValueError(
+                f"pool_hidden={cfg.pool_hidden} needs text_pool='attention' (the MLP is in the pool)"
+            )
+        self.pool = TextPool(cfg.dim, cfg.pool_hidden) if cfg.text_pool == "attention" else None
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         if cfg.decoder not in ("nar", "ar"):
             raise ValueError(f"decoder must be 'nar' or 'ar', got {cfg.decoder!r}")

@@ -190,7 +190,28 @@ def test_text_pool_starts_as_mean_pooling(seed):
     want = torch.nn.functional.normalize((x * m[..., None]).sum(1) / m.sum(1, keepdim=True), dim=-1)
     with torch.no_grad():
         got = TextPool(24)(x, mask)
+        # with the per-token MLP too: its output layer starts at zero
+        got_mlp = TextPool(24, hidden=16)(x, mask)
     assert float((got - want).abs().max()) <= 1e-6
+    assert float((got_mlp - want).abs().max()) <= 1e-6
+
+
+def test_text_pool_token_mlp_remaps_each_token_alone(seed):
+    """The per-token MLP acts on each token state by itself: a row's pooled output does not depend on
+    another row, padding stays inert, and once trained (perturbed) the pool leaves the mean."""
+    pool = _perturbed(TextPool(24, hidden=16), scale=0.5)
+    x, mask = _states_and_mask(6, 11, 24)
+    m = mask.float()
+    with torch.no_grad():
+        got = pool(x, mask)
+        junk = x + (1 - m)[..., None] * torch.randn_like(x) * 100
+        assert float((pool(junk, mask) - got).abs().max()) <= 1e-5
+        alone = torch.cat([pool(x[i : i + 1], mask[i : i + 1]) for i in range(6)])
+        assert float((alone - got).abs().max()) <= 1e-6
+        no_mlp = TextPool(24)
+        no_mlp.score.weight.copy_(pool.score.weight)
+        assert float((no_mlp(x, mask) - got).abs().max()) > 1e-3
+    assert torch.allclose(got.norm(dim=-1), torch.ones(6), atol=1e-5)
 
 
 def test_text_pool_weighs_tokens_and_ignores_padding(seed):
@@ -220,6 +241,12 @@ def test_text_pool_config_is_checked():
         L2M(ModelConfig(**SMALL, text_pool="max"))
     with pytest.raises(ValueError, match="token states"):
         L2M(ModelConfig(**SMALL, text_pool="attention", text_tower="clip:ViT-B-32"))
+    pooled = L2M(ModelConfig(**SMALL, text_pool="attention", pool_hidden=8)).pool
+    assert pooled.token_fc1.out_features == 8 and pooled.token_fc2.in_features == 8
+    with pytest.raises(ValueError, match="needs text_pool='attention'"):
+        L2M(ModelConfig(**SMALL, pool_hidden=8))
+    with pytest.raises(ValueError, match="pool_hidden must be >= 0"):
+        TextPool(24, hidden=-1)
 
 
 def test_times_span_unit_interval():

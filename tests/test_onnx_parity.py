@@ -282,10 +282,11 @@ def test_clip_b32_text_and_cut_at_eot(b32_text, B, rng, check):
         check(f"clip-ViT-B-32/text_cut_onnx_vs_77_torch[B={B},L={L}]", got, ref_full, EOT_ATOL)
 
 
-def test_text_attention_pool(tmp_path, rng, check, randomize):
+@pytest.mark.parametrize("pool_hidden", [0, 16])
+def test_text_attention_pool(tmp_path, rng, check, randomize, pool_hidden):
     """A model with text_pool="attention" (the pool's token scores random, not the zero start that equals
-    mean pooling) exports a text graph equal to torch, rows of mixed lengths padded to the longest:
-    padding gets no weight in either."""
+    mean pooling; with pool_hidden, its per-token MLP random too) exports a text graph equal to torch,
+    rows of mixed lengths padded to the longest: padding gets no weight in either."""
     import onnxruntime as ort
 
     from export.model import L2M, ModelConfig
@@ -294,10 +295,10 @@ def test_text_attention_pool(tmp_path, rng, check, randomize):
 
     tower = MiniLMTower(vocab=BERT_VOCAB, w=32, layers=2, heads=2, ff=64).eval()
     model = L2M(ModelConfig(dim=32, width=32, enc_layers=1, dec_layers=1, heads=2, ff=64, point_hidden=16,
-                            adapter_hidden=16, text_pool="attention"))  # fmt: skip
+                            adapter_hidden=16, text_pool="attention", pool_hidden=pool_hidden))  # fmt: skip
     randomize(tower, rng, 0.1)
     randomize(model, rng, 0.3)
-    randomize(model.pool, rng, 30.0)  # token scores of order 1 on these small states: far from uniform
+    randomize(model.pool.score, rng, 30.0)  # token scores of order 1 on these small states: far from uniform
     path = export_text(tower, model.adapter.eval(), tmp_path / "text.onnx", 64, model.pool.eval())
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     lengths = [int(rng.integers(20, 40)), *rng.integers(1, 20, 4).tolist()]

@@ -410,3 +410,32 @@ def test_image_alignment_with_tiny_clip(seed, tmp_path, cache_dir):
     assert res["config"].dim == 64 and res["config"].text_tower == f"clip:{name}"
     for h in res["history"]:
         assert "image" in h and 0.0 <= h["image"] <= 2.0 and math.isfinite(h["total"]), h
+
+
+def test_weight_average_is_the_mean_and_refuses_mismatches(tmp_path, seed):
+    """export.average: the element-wise mean of two runs' weights (written like a run, reloadable), and a
+    clear ValueError for one file or runs of different configurations."""
+    from export.average import average
+    from export.average import main as average_main
+
+    paths = []
+    for i, cfg in enumerate([ModelConfig(**SMALL), ModelConfig(**SMALL), ModelConfig(**{**SMALL, "ff": 32})]):
+        torch.manual_seed(i)
+        m = L2M(cfg)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_()
+        (tmp_path / f"r{i}").mkdir()
+        paths.append(save_weights(m, tmp_path / f"r{i}"))
+    a, b = (load_weights(p).state_dict() for p in paths[:2])
+    got = average(paths[:2]).state_dict()
+    for k in a:
+        assert torch.allclose(got[k], (a[k] + b[k]) / 2, atol=1e-6), k
+    assert float((got["adapter.fc1.weight"] - a["adapter.fc1.weight"]).abs().max()) > 0.1
+    average_main(["--weights", str(paths[0]), str(paths[1]), "--out", str(tmp_path / "soup")])
+    back = load_weights(tmp_path / "soup" / "model.safetensors").state_dict()
+    assert all(torch.equal(back[k], got[k]) for k in got)
+    with pytest.raises(ValueError, match="configuration differs"):
+        average([paths[0], paths[2]])
+    with pytest.raises(ValueError, match="at least two"):
+        average(paths[:1])
