@@ -298,7 +298,7 @@ def test_text_attention_pool(tmp_path, rng, check, randomize, pool_hidden):
                             adapter_hidden=16, text_pool="attention", pool_hidden=pool_hidden))  # fmt: skip
     randomize(tower, rng, 0.1)
     randomize(model, rng, 0.3)
-    randomize(model.pool.score, rng, 100.0)  # token scores of order 1-3 on these small states: far from uniform
+    randomize(model.pool.score, rng, 100.0)  # scores of order 1-3 on these small states: far from uniform
     path = export_text(tower, model.adapter.eval(), tmp_path / "text.onnx", 64, model.pool.eval())
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     lengths = [int(rng.integers(20, 40)), *rng.integers(1, 20, 4).tolist()]
