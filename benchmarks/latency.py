@@ -442,15 +442,20 @@ class Bench:
             q = g[j] + 0.05 * rng.standard_normal(model.dim).astype(np.float32)
             q /= np.linalg.norm(q)
             ix = model.index(g)
+            ix32 = type(ix)(ix.embeddings, int8=False)  # the fp32 pass alone, for the side-by-side
             idx, _ = model.search(q, ix, k=5)
+            idx32, _ = model.search(q, ix32, k=5)
             raw_idx, _ = model.search(q, g, k=5)
             core_idx, _ = topk(q, g, 5)
-            if int(idx[0]) != j or not (np.array_equal(idx, core_idx) and np.array_equal(idx, raw_idx)):
+            same = [np.array_equal(idx, x) for x in (core_idx, raw_idx, idx32)]
+            if int(idx[0]) != j or not all(same):
                 raise RuntimeError(
-                    f"search over {M}: planted item {j}, got {idx} (raw {raw_idx}, core {core_idx})"
+                    f"search over {M}: planted item {j}, got {idx} (raw {raw_idx}, core {core_idx}, "
+                    f"fp32 Index {idx32})"
                 )
             self.out["checks"][f"{config}: search {M} finds planted item"] = {"ok": True}
             api = stats(sample(lambda q=q, ix=ix: model.search(q, ix, k=5), self.n_stage, 3))
+            api32 = stats(sample(lambda q=q, ix=ix32: model.search(q, ix, k=5), self.n_stage, 3))
             raw = stats(sample(lambda q=q, g=g: model.search(q, g, k=5), max(5, self.n_stage // 4), 2))
             core = stats(sample(lambda q=q, g=g: topk(q, g, 5), self.n_stage, 3))
             fl = F.search_flops(1, M, model.dim)
@@ -460,6 +465,8 @@ class Bench:
                     "gallery": M,
                     "dim": model.dim,
                     "top5": api,
+                    "int8_rows": ix.int8 is not None,
+                    "top5_fp32_index": api32,
                     "raw": raw,
                     "core": core,
                     "flops": fl,
