@@ -170,6 +170,16 @@ def test_harness_rows_checks_and_tables(tmp_path, rng):
     for st in fl["ms"].values():
         assert st["n"] == 6 and 0 < st["min"] <= st["p50"] <= st["max"] and 0 <= st["over_budget"] <= 1
     out["frame_loop"] = fl
+    cpu = []
+    for host in ("idle", "busy"):  # 10 frames of 0.1 s: the busy host computes ~1 s more than the idle one
+        t0 = time.process_time()
+        r = LT.frame_loop(LT.DEFAULT_BUNDLE, 1, 10, ["fp32"], fps=10.0, host=host)
+        cpu.append(time.process_time() - t0)
+        assert r["host"] == host and r["ms"]["fp32"]["n"] == 10
+    assert cpu[1] - cpu[0] > 0.6, cpu
+    out["frame_loop_busy"] = r
+    with pytest.raises(ValueError, match="host"):
+        LT.frame_loop(LT.DEFAULT_BUNDLE, 1, 1, ["fp32"], host="asleep")
     for share in (row["generate_b1_steal"], fl["steal"]):  # None only where /proc/stat is unreadable
         assert share is None if F.cpu_ticks() is None else 0.0 <= share <= 1.0
     out["acceptance"] = R.acceptance(out)
@@ -177,7 +187,8 @@ def test_harness_rows_checks_and_tables(tmp_path, rng):
     md = R.write(out, tmp_path)
     assert "| default | ORT CPU fp32 |" in md and "Not measured here" in md
     assert "ms idle before each" in md and "back to back" in md
-    assert "60 fps frame loop" in md and sum("frame loop" in a["what"] for a in out["acceptance"]) == 2
+    assert "60 fps frame loop" in md and sum("frame loop" in a["what"] for a in out["acceptance"]) == 3
+    assert "| computing | fp32 |" in md and "| sleeping | int8 |" in md
     assert any("CLIP: ORT CPU fp32 vs reference" in a["what"] for a in out["acceptance"])
     assert f"{row['generate_b1']['p50']:.2f}" in md
     if row["generate_b1_steal"] is not None:
