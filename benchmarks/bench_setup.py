@@ -73,13 +73,14 @@ def prompts(n: int = 64) -> list[str]:
 def clip_model_config(default_model: dict) -> dict:
     """The CLIP configuration timed beside the default one: the default model's sizes on CLIP's tower.
     CLIP pools at its end-of-text token, so the default's attention pooling over MiniLM's token states
-    has no counterpart there."""
+    (and its per-token MLP) has no counterpart there."""
     return {
         **default_model,
         "dim": 512,
         "text_tower": f"clip:{CLIP_ARCH}",
         "decoder": "nar",
         "text_pool": "mean",
+        "pool_hidden": 0,
     }
 
 
