@@ -6,7 +6,7 @@ ONNX Runtime MatMulInteger (u8 query x s8 rows, int32 sums); then every row whos
 still reach the top k is rescored in fp32. For a unit query q with int8 image q^ and a row e with image
 e^ (both dequantised):
 
-    |q.e - q^.e^|  <=  |q - q^| |e| + |q^| |e - e^|      (Cauchy-Schwarz, |e| = 1)
+    |q.e - q^.e^|  <=  |q - q^| |e| + |q^| |e - e^|      (Cauchy-Schwarz; |e| = 1 on an Index)
 
 So with lower and upper bounds l = s - b, u = s + b around the int8 score s, the k-th largest l is at
 most the k-th best exact score, and a row whose u is below it cannot be in the top k. The result is the
@@ -36,16 +36,18 @@ SLACK = 1e-5  # float32 rounding of the dequantised int8 scores (|s| <= 1, relat
 
 
 class Int8Rows:
-    """Unit rows (M, D) float32 -> their int8 image for the first pass: q (D, M) int8 (transposed, as
-    MatMulInteger's B), scale (M,) float32 and err (M,) float32 = |e - e^| per row."""
+    """Rows (M, D) float32 (unit on an Index) -> their int8 image for the first pass: q (D, M) int8
+    (transposed, as MatMulInteger's B), scale (M,) float32, err (M,) float32 = |e - e^| and norm (M,)
+    float32 = |e| per row (1 on an Index; kept so that the bound holds for any rows)."""
 
-    __slots__ = ("q", "scale", "err")
+    __slots__ = ("q", "scale", "err", "norm")
 
     def __init__(self, rows: np.ndarray):
         n = rows.shape[0]
         q = np.empty((rows.shape[1], n), np.int8)
         self.scale = np.empty(n, np.float32)
         self.err = np.empty(n, np.float32)
+        self.norm = np.empty(n, np.float32)
         # In blocks of rows: whole-gallery temporaries (a float64 copy of 100k x 384 is 300 MB) cost
         # seconds of fresh-page faults on this VM; a block's stay in cache and are reused.
         for i in range(0, n, CHUNK):
@@ -56,15 +58,16 @@ class Int8Rows:
             qi = np.rint(e / scale[:, None]).clip(-ROW_LEVELS, ROW_LEVELS)
             diff = e - qi * scale[:, None]
             self.err[i : i + CHUNK] = np.sqrt(np.einsum("md,md->m", diff, diff))
+            self.norm[i : i + CHUNK] = np.sqrt(np.einsum("md,md->m", e, e))
             self.scale[i : i + CHUNK] = scale
             q[:, i : i + CHUNK] = qi.T
         self.q = q
-        for a in (self.q, self.scale, self.err):
+        for a in (self.q, self.scale, self.err, self.norm):
             a.flags.writeable = False
 
     @property
     def nbytes(self) -> int:
-        return self.q.nbytes + self.scale.nbytes + self.err.nbytes
+        return self.q.nbytes + self.scale.nbytes + self.err.nbytes + self.norm.nbytes
 
 
 def quantize_queries(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -105,7 +108,7 @@ def top_k_exact(
     """One query's exact top k (indices, fp32 scores), best first; None when the bounds leave more
     than a quarter of the rows as candidates (near-duplicate galleries), for an fp32 pass instead."""
     s = scores_i32 * (rows.scale * np.float32(q_scale))  # (M,) float32
-    b = rows.err * np.float32(q_norm) + np.float32(q_err + SLACK)  # (M,)
+    b = rows.err * np.float32(q_norm) + rows.norm * np.float32(q_err) + np.float32(SLACK)  # (M,)
     floor = kth_largest(s - b, k)
     cand = np.flatnonzero(s + b >= floor)
     if cand.shape[0] > gallery.shape[0] // 4:
