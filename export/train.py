@@ -1,6 +1,6 @@
 """Train the Lang2Motion model on the procedural corpus.
 
-    python -m export.train --preset default            # the shipped model (~1 h on 2 CPU cores)
+    python -m export.train --preset default            # the first stage of the shipped model (43 min)
     python -m export.train --preset default --resume   # continue from runs/default/ckpt.pt
     python -m export.train --preset tiny --out /tmp/t  # seconds; used by the tests
 
@@ -154,6 +154,17 @@ PRESETS = {
     "default-stage14": _stage(
         14,
         "default-stage11",
+        wide_nouns=0.5,
+        noun_invariance=10.0,
+        model={"text_pool": "attention", "pool_hidden": 384},
+    ),
+    # The shipped recipe in one run from scratch, sized to about an hour on this 2-core machine: stage
+    # 14's data and losses (pool seed 14, wide nouns, caption-twin invariance, attention pool with the
+    # per-token MLP) for 3000 steps at the first stage's learning rate. 2418 s; property mean 0.833 /
+    # 0.811 / 0.818, zero-shot 0.747 with label ensembles, R@1 0.57, "a puddle expanding outward" fails:
+    # far below the stage chain (0.927), not shipped (model card).
+    "default-1h": TrainConfig(
+        seed=14,
         wide_nouns=0.5,
         noun_invariance=10.0,
         model={"text_pool": "attention", "pool_hidden": 384},
