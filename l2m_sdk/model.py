@@ -129,7 +129,8 @@ class Model:
     are kept in an LRU cache keyed by each call's exact prompt list (0 disables it); precision: "fp32"
     (exact: the exported graphs, equal to the PyTorch model within float32 rounding) or "int8" (ONNX
     Runtime CPU only: the text tower's matrix products in int8, weights derived at load, l2m_sdk/int8.py;
-    about 1.3x faster generate at B = 1, held-out evaluation within noise of fp32, see the README).
+    1.25x-1.9x faster generate at B = 1 by benchmark run, held-out evaluation within noise of fp32, see
+    the README).
     """
 
     def __init__(
