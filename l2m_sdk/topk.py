@@ -101,7 +101,7 @@ def top_k_exact(
     q_norm: float,
     q_err: float,
     rows: Int8Rows,
-    gallery: np.ndarray,  # (M, D) float32 unit rows
+    gallery: np.ndarray,  # (M, D) float32 rows (unit on a Model.index gallery; any length is bounded)
     query: np.ndarray,  # (D,) float32 unit
     k: int,
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -138,7 +138,7 @@ class Int8Search:
     def search(
         self, queries: np.ndarray, gallery: np.ndarray, rows: Int8Rows, k: int
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Unit queries (Q, D) against unit gallery rows (M, D) -> (indices (Q, k), scores (Q, k)),
+        """Unit queries (Q, D) against gallery rows (M, D) -> (indices (Q, k), scores (Q, k)),
         each row best first; None when any query needs the fp32 pass (see top_k_exact)."""
         a, scale, qn, eps = quantize_queries(queries)
         sums = self._sess.run({"a": a, "b": rows.q, "a_zero": self._zero})[0]  # (Q, M) int32
