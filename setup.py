@@ -1,9 +1,9 @@
 """Build script: package metadata lives in pyproject.toml; this file adds the CPU rasterizer.
 
-kernels/raster_cpu.cpp (with the shared header kernels/traj_raster.cuh) becomes l2m_sdk/_raster_cpu.so,
-a plain C shared library that l2m_sdk.render loads with ctypes (it is not a Python extension module and
-has no PyInit). Building it is optional: without a C++ compiler the install still succeeds, with a
-warning, and l2m_sdk.render falls back to its numpy reference.
+l2m_kernels/raster_cpu.cpp (with the shared header l2m_kernels/traj_raster.cuh) becomes
+l2m_sdk/_raster_cpu.so, a plain C shared library that l2m_sdk.render loads with ctypes (it is not a
+Python extension module and has no PyInit). Building it is optional: without a C++ compiler the install
+still succeeds, with a warning, and l2m_sdk.render falls back to its numpy reference.
 
 Development: `python setup.py build_ext --inplace` or `pip install -e .` puts the library in l2m_sdk/.
 """
@@ -43,9 +43,9 @@ class _BuildPlainLibrary(build_ext):
 
 _RASTER = Extension(
     "l2m_sdk._raster_cpu",
-    sources=["kernels/raster_cpu.cpp"],
-    include_dirs=["kernels"],
-    depends=["kernels/traj_raster.cuh"],
+    sources=["l2m_kernels/raster_cpu.cpp"],
+    include_dirs=["l2m_kernels"],
+    depends=["l2m_kernels/traj_raster.cuh"],
     extra_compile_args=[] if sys.platform == "win32" else _FLAGS,
     language="c++",
     optional=True,

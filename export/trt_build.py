@@ -162,14 +162,14 @@ def image_path_model(tower: onnx.ModelProto, plugin_node) -> onnx.ModelProto:
 
 
 def _raster_node_factory(height: int, width: int):
-    """The l2m::TrajRaster ONNX node and plugin registration from kernels/trt_plugin.py (register() must
+    """The l2m::TrajRaster ONNX node and plugin registration from l2m_kernels/trt_plugin.py (register() must
     run before the ONNX parser meets the node). Imported only here: only the image path needs it.
     Returns (node factory, sha256 of the plugin sources, recorded in meta.json)."""
     try:
-        plug = importlib.import_module("kernels.trt_plugin")
+        plug = importlib.import_module("l2m_kernels.trt_plugin")
     except ImportError as e:
         raise RuntimeError(
-            "the image-path engine needs kernels/trt_plugin.py (the l2m::TrajRaster plugin)"
+            "the image-path engine needs l2m_kernels/trt_plugin.py (the l2m::TrajRaster plugin)"
         ) from e
     plug.register()
 
@@ -185,7 +185,7 @@ def _raster_node_factory(height: int, width: int):
 
 
 def _plugin_available() -> bool:
-    return importlib.util.find_spec("kernels.trt_plugin") is not None
+    return importlib.util.find_spec("l2m_kernels.trt_plugin") is not None
 
 
 # ---------------------------------------------------------------------------------------- building
@@ -297,7 +297,7 @@ def build_engines(
             raise ValueError(f"unknown engine graph {g!r}; choose from {list(ec.ENGINE_GRAPHS)}")
     if "image_path" in graphs and not _plugin_available():
         log.warning(
-            "skipping the image-path engine: kernels/trt_plugin.py (l2m::TrajRaster) is not available"
+            "skipping the image-path engine: l2m_kernels/trt_plugin.py (l2m::TrajRaster) is not available"
         )
         graphs.remove("image_path")
     trt = _import_trt()

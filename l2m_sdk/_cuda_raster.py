@@ -1,9 +1,9 @@
-"""GPU side of the trajectory rasterizer: NVRTC compile of kernels/traj_raster.cu and a cuda-python launcher.
+"""GPU side of the trajectory rasterizer: NVRTC compile of l2m_kernels/traj_raster.cu, a cuda-python launcher.
 
 Used by ``l2m_sdk.render(..., device="cuda")`` and, for the compile step and the launch geometry, by the
-TensorRT plugin (kernels/trt_plugin.py). cuda-python is imported only when a function here needs it.
+TensorRT plugin (l2m_kernels/trt_plugin.py). cuda-python is imported only when a function here needs it.
 
-Kernel ABI (see kernels/traj_raster.cu): grid (ceil(W / 16), ceil(H / 16), B), block (16, 16, 1), no
+Kernel ABI (see l2m_kernels/traj_raster.cu): grid (ceil(W / 16), ceil(H / 16), B), block (16, 16, 1), no
 dynamic shared memory; arguments are input pointers, then 32-bit int scalars
 (B, T, N, H, W, line_width bits, point_radius bits, color_mode, trails, background 0xRRGGBB), then the
 output pointer. Floats travel as IEEE-754 bit patterns because TensorRT AOT plugins pass only integer
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"  # same relative place in a wheel
+KERNEL_DIR = Path(__file__).resolve().parent.parent / "l2m_kernels"  # same relative place in a wheel
 KERNEL_SOURCE = "traj_raster.cu"
 KERNEL_HEADER = "traj_raster.cuh"
 
@@ -68,7 +68,7 @@ def kernel_scalars(
 
 
 def kernel_source() -> tuple[str, str]:
-    """(kernel .cu text, header text) read from the kernels/ directory next to l2m_sdk."""
+    """(kernel .cu text, header text) read from the l2m_kernels/ directory next to l2m_sdk."""
     try:
         return (KERNEL_DIR / KERNEL_SOURCE).read_text(), (KERNEL_DIR / KERNEL_HEADER).read_text()
     except FileNotFoundError as e:
@@ -102,7 +102,7 @@ def _ok(result, what: str):
 
 
 def nvrtc_compile(arch: str = DEFAULT_PTX_ARCH, extra_options=()) -> bytes:
-    """Compile kernels/traj_raster.cu with NVRTC.
+    """Compile l2m_kernels/traj_raster.cu with NVRTC.
 
     arch "compute_XY" returns PTX text (bytes, NUL-free); "sm_XY" returns a cubin for that GPU. Needs
     no GPU. Raises RuntimeError with NVRTC's log on a compile error.

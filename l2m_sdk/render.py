@@ -18,7 +18,7 @@ Shapes and conventions (the same in every build: numpy reference, CPU library, C
   per point; an (N, 3) array (floats in [0, 1] or uint8) sets each point's base colour, faded in time
   like "both".
 
-The math lives in kernels/traj_raster.cuh. ``render`` runs it through the compiled CPU library
+The math lives in l2m_kernels/traj_raster.cuh. ``render`` runs it through the compiled CPU library
 (l2m_sdk/_raster_cpu.so, built by setup.py) or, with ``device="cuda"``, the CUDA kernel;
 ``render_reference`` is the plain numpy version the tests compare them against.
 """
@@ -182,7 +182,7 @@ def _prepare(traj, size, trails, line_width, point_radius, colors, background, d
 
 
 # ----------------------------------------------------------------------------------------------------
-# numpy reference: kernels/traj_raster.cuh transcribed, float32 throughout.
+# numpy reference: l2m_kernels/traj_raster.cuh transcribed, float32 throughout.
 
 
 def _to_pixel(v: np.ndarray, size: int) -> np.ndarray:

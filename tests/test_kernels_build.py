@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from kernels import build, trt_plugin
+from l2m_kernels import build, trt_plugin
 from l2m_sdk import _cuda_raster as C
 
 # 256 Prim records of 10 x 4 bytes plus the per-warp counters: the kernel's static shared memory.

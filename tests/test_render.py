@@ -225,7 +225,7 @@ def test_numpy_fallback_warns_once(monkeypatch, caplog, rng):
 def test_import_is_cheap():
     code = (
         "import sys, l2m_sdk.render as r; "
-        "mods = ('torch', 'cuda', 'cuda.bindings', 'PIL', 'matplotlib', 'kernels'); "
+        "mods = ('torch', 'cuda', 'cuda.bindings', 'PIL', 'matplotlib', 'l2m_kernels'); "
         "heavy = [m for m in mods if m in sys.modules]; "
         "print(heavy); assert r._lib is None and not heavy"
     )

@@ -525,7 +525,7 @@ def test_image_path_model_puts_the_raster_node_first():
     )
     tower = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
 
-    trt_plugin = pytest.importorskip("kernels.trt_plugin")
+    trt_plugin = pytest.importorskip("l2m_kernels.trt_plugin")
 
     def node(inp, out):
         return trt_plugin.make_onnx_node(inp, out, height=8, width=8)

@@ -2,9 +2,9 @@
 
 CI and a person use the same entry point::
 
-    python -m kernels.build --arch sm_80 sm_90 --out build/kernels
+    python -m l2m_kernels.build --arch sm_80 sm_90 --out build/kernels
 
-compiles kernels/traj_raster.cu with nvcc to PTX and (through ptxas) cubin for each architecture,
+compiles l2m_kernels/traj_raster.cu with nvcc to PTX and (through ptxas) cubin for each architecture,
 compiles it once more with NVRTC (cuda-python) when available, and prints each kernel's registers,
 shared memory, stack and spills. Nothing here needs a GPU.
 """

@@ -1,6 +1,6 @@
 """TensorRT quickly-deployable AOT plugin ``l2m::TrajRaster`` and the ONNX node that maps to it.
 
-The plugin runs kernels/traj_raster.cu (entry ``l2m_traj_raster_f32_nchw``) inside an engine:
+The plugin runs l2m_kernels/traj_raster.cu (entry ``l2m_traj_raster_f32_nchw``) inside an engine:
 
     traj (B, T, N, 2) float32, normalised coordinates (y down)  ->  image (B, 3, H, W) float32 in [0, 1]
 
@@ -12,7 +12,7 @@ Python. Attributes are not serialized with AOT plugins; they reach the kernel as
 
 Use::
 
-    from kernels import trt_plugin
+    from l2m_kernels import trt_plugin
     trt_plugin.register()                    # once per process, before parsing / building
     node = trt_plugin.make_onnx_node("traj", "image", height=224, width=224)   # for the export side
 
