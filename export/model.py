@@ -150,11 +150,17 @@ class MotionDecoder(nn.Module):
         nn.init.zeros_(self.affine.weight)
         nn.init.zeros_(self.affine.bias)
 
-    def forward(self, z: torch.Tensor, init: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, init: torch.Tensor, times: torch.Tensor, points: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`points` (k,) int: decode only these points (training's cheaper loss). The layout (centroid,
+        spread) still comes from all of `init`, so each point equals a full decode's, exactly."""
         B, N, _ = init.shape
         c0 = init.mean(1)  # (B, 2)
         rel = init - c0[:, None]
         spread = rel.norm(dim=-1).mean(1, keepdim=True)  # (B, 1)
+        if points is not None:
+            init, rel = init[:, points], rel[:, points]
         lay = self.layout(torch.cat([c0, spread * 4.0, torch.log(spread + 1e-3)], -1))
         cond = self.cond(z).reshape(B, self.K, -1) + lay[:, None]
         q = self.time_mlp(time_features(times))[None].expand(B, -1, -1) + lay[:, None]
@@ -185,10 +191,14 @@ class ARDecoder(nn.Module):
             nn.Linear(W + 2 + 2 + 32, W), nn.GELU(), nn.Linear(W, W), nn.GELU(), nn.Linear(W, 2)
         )
 
-    def forward(self, z: torch.Tensor, init: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, init: torch.Tensor, times: torch.Tensor, points: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        c0 = init.mean(1, keepdim=True)
+        if points is not None:  # as MotionDecoder: the centroid comes from every point
+            init = init[:, points]
         B, N, _ = init.shape
         cz = self.cond(z)[:, None].expand(B, N, -1)
-        c0 = init.mean(1, keepdim=True)
         out = [init]
         p = init
         tf = time_features(times)

@@ -125,6 +125,27 @@ def test_decoder_equivariant_to_point_order(seed, decoder):
     assert diff <= PERM_TOL
 
 
+@pytest.mark.parametrize("decoder", ["nar", "ar"])
+@pytest.mark.parametrize("k", [1, 5, 16])
+def test_decoding_a_subset_of_points_equals_the_full_decode(seed, decoder, k):
+    """`points` (training's decode_points) decodes only some points; the layout still comes from all of
+    them, so each decoded point must equal the full decode's (same summation-order tolerance)."""
+    cfg = ModelConfig(**SMALL, decoder=decoder)
+    dec = _perturbed(MotionDecoder(cfg) if decoder == "nar" else ARDecoder(cfg))
+    z = torch.nn.functional.normalize(torch.randn(3, cfg.dim), dim=-1)
+    init = _random_traj(3, 1, 37)[:, 0]
+    pts = torch.randperm(37)[:k]
+    with torch.no_grad():
+        full = dec(z, init, L2M.times(24))
+        part = dec(z, init, L2M.times(24), pts)
+        alone = dec(z, init[:, pts], L2M.times(24))  # what a layout of only these points would give
+    assert part.shape == (3, 24, k, 2)
+    assert float((part - full[:, :, pts]).abs().max()) <= PERM_TOL
+    assert torch.equal(part[:, 0], init[:, pts])
+    if k < 16:  # a different layout (centroid, spread) gives a different motion: the subset is not that
+        assert float((alone - full[:, :, pts]).abs().max()) > 100 * PERM_TOL
+
+
 def test_batch_items_are_independent(seed):
     """An item's embedding and generation do not depend on the rest of the batch. Tolerance: batched vs
     single matmuls may block the reductions differently (float32 rounding)."""

@@ -150,6 +150,37 @@ def test_compute_losses_terms_and_gradients(seed):
     assert "image" not in compute_losses(model, traj, e, [pool.keys[i] for i in idx], w)
 
 
+def test_decode_points_scores_a_random_subset_of_the_points(seed):
+    """decode_points=k: the reconstruction terms are those of the same k points (the encoder, hence the
+    alignment terms, still sees every point); k >= N is the full loss."""
+    model = L2M(ModelConfig(**SMALL))
+    pool = CaptionPool.build(40, seed)
+    idx = np.arange(10)
+    traj = torch.from_numpy(make_batch(pool, idx, 16, 25, np.random.default_rng(seed)))
+    e = F.normalize(torch.randn(10, 24), dim=-1)
+    keys = [pool.keys[i] for i in idx]
+    w = LossWeights()
+    full = compute_losses(model, traj, e, keys, w)
+    assert compute_losses(model, traj, e, keys, w, decode_points=25)["rec_text"] == full["rec_text"]
+    torch.manual_seed(seed)
+    part = compute_losses(model, traj, e, keys, w, decode_points=6)
+    torch.manual_seed(seed)
+    pts = torch.randperm(25)[:6]
+    times = L2M.times(16)
+    with torch.no_grad():
+        want_t = reconstruction(
+            model.decoder(model.adapter(e), traj[:, 0], times)[:, :, pts], traj[:, :, pts], w.velocity
+        )
+        z = model.encoder(traj)
+        want_m = reconstruction(
+            model.decoder(z[:5], traj[:5, 0], times)[:, :, pts], traj[:5, :, pts], w.velocity
+        )
+    assert float(part["rec_text"]) == pytest.approx(float(want_t), rel=1e-5)
+    assert float(part["rec_motion"]) == pytest.approx(float(want_m), rel=1e-5)
+    assert float(part["infonce"]) == pytest.approx(float(full["infonce"]), rel=1e-6)
+    assert float(part["rec_text"]) != pytest.approx(float(full["rec_text"]), rel=1e-3)
+
+
 def test_text_noise_perturbs_only_the_text_reconstruction(seed):
     """text_noise moves the embedding the decoder reconstructs from (rec_text changes), never the
     alignment terms or the motion path; 0 is exactly the plain loss."""
