@@ -289,6 +289,8 @@ def compute_losses(
     noun_motion_invariance: float = 0.0,
     decode_points: int = 0,
 ) -> dict:
+    if decode_points < 0:
+        raise ValueError(f"decode_points must be >= 0 (0 decodes every point), got {decode_points}")
     T = traj.shape[1]
     times = L2M.times(T)
     z = model.encoder(traj)

@@ -162,6 +162,8 @@ def test_decode_points_scores_a_random_subset_of_the_points(seed):
     w = LossWeights()
     full = compute_losses(model, traj, e, keys, w)
     assert compute_losses(model, traj, e, keys, w, decode_points=25)["rec_text"] == full["rec_text"]
+    with pytest.raises(ValueError, match="decode_points must be >= 0"):
+        compute_losses(model, traj, e, keys, w, decode_points=-1)
     torch.manual_seed(seed)
     part = compute_losses(model, traj, e, keys, w, decode_points=6)
     torch.manual_seed(seed)
