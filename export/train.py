@@ -80,6 +80,18 @@ def _stage(seed: int, previous: str, **changes) -> TrainConfig:
     )
 
 
+def _from_scratch(**changes) -> TrainConfig:
+    """Stage 14's data, losses and model in one run from scratch at the first stage's learning rate:
+    pool seed 14, wide nouns, caption-twin invariance, attention pool with the per-token MLP."""
+    return TrainConfig(
+        seed=14,
+        wide_nouns=0.5,
+        noun_invariance=10.0,
+        model={"text_pool": "attention", "pool_hidden": 384},
+        **changes,
+    )
+
+
 PRESETS = {
     "default": TrainConfig(),
     # A second stage: 1000 more steps from runs/default at a lower learning rate, fresh optimiser and a
@@ -168,38 +180,19 @@ PRESETS = {
     # per-token MLP) for 3000 steps at the first stage's learning rate. 2418 s; property mean 0.833 /
     # 0.811 / 0.818, zero-shot 0.747 with label ensembles, R@1 0.57, "a puddle expanding outward" fails:
     # far below the stage chain (0.927), not shipped (model card).
-    "default-1h": TrainConfig(
-        seed=14,
-        wide_nouns=0.5,
-        noun_invariance=10.0,
-        model={"text_pool": "attention", "pool_hidden": 384},
-    ),
+    "default-1h": _from_scratch(),
     # default-1h with a cheaper step: at most 1152 points per batch (96 sequences up to N = 12, fewer
     # above) instead of 3456. The per-point heads dominate a step (0.39 s instead of 0.85 s measured),
     # so 6500 steps fit in 3071 s where default-1h ran 3000. Worse on every draw: property mean 0.757 /
     # 0.728 / 0.738, rotation sense 0.31 / 0.21 / 0.18, zero-shot 0.71-0.75, R@1 0.40-0.45 (model card):
     # rotation needs sequences with many points more than it needs optimiser steps. Not shipped.
-    "default-hour": TrainConfig(
-        steps=6500,
-        seed=14,
-        max_points_per_batch=1152,
-        wide_nouns=0.5,
-        noun_invariance=10.0,
-        model={"text_pool": "attention", "pool_hidden": 384},
-    ),
+    "default-hour": _from_scratch(steps=6500, max_points_per_batch=1152),
     # default-1h decoding 16 random points per sequence for the reconstruction losses (decode_points):
     # every sequence and every point still reaches the encoder; the step costs 0.73 s instead of 0.94 s
     # (measured side by side), so 3600 steps ran in 2798 s. No better than default-1h: property mean
     # 0.816 / 0.784 / 0.812, rotation sense 0.62-0.77, zero-shot 0.67-0.70, R@1 0.52-0.57 (model card).
     # Not shipped.
-    "default-hour-dp": TrainConfig(
-        steps=3600,
-        seed=14,
-        decode_points=16,
-        wide_nouns=0.5,
-        noun_invariance=10.0,
-        model={"text_pool": "attention", "pool_hidden": 384},
-    ),
+    "default-hour-dp": _from_scratch(steps=3600, decode_points=16),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
         steps=40,
