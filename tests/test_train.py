@@ -285,6 +285,25 @@ def test_lr_schedule():
     assert lrs[100] == pytest.approx(0.05e-3)  # to 5% of the peak, not zero
 
 
+def test_one_run_presets_change_only_what_they_say():
+    """The one-run presets are stage 14's data, losses and model (its stage preset minus init_from, at
+    the first stage's learning rate) with only the changes stated here; a model change adds to stage 14's
+    model settings instead of replacing them."""
+    stage = dataclasses.asdict(PRESETS["default-stage14"])
+    base = dataclasses.asdict(PRESETS["default-1h"])
+    for key in ("wide_nouns", "noun_invariance", "model", "seed"):
+        assert base[key] == stage[key], key
+    assert base["init_from"] is None and base["lr"] == PRESETS["default"].lr
+    stated = {
+        "default-hour": {"steps": 6500, "max_points_per_batch": 1152},
+        "default-hour-dp": {"steps": 3600, "decode_points": 16},
+        "default-hour-p32": {"steps": 7000, "model": {**stage["model"], "point_hidden": 32}},
+    }
+    for name, change in stated.items():
+        cfg = dataclasses.asdict(PRESETS[name])
+        assert {k: v for k, v in cfg.items() if base[k] != v} == change, name
+
+
 def test_weights_round_trip(seed, tmp_path):
     model = L2M(ModelConfig(**SMALL, decoder="ar"))
     with torch.no_grad():
