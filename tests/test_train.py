@@ -298,6 +298,11 @@ def test_one_run_presets_change_only_what_they_say():
         "default-hour": {"steps": 6500, "max_points_per_batch": 1152},
         "default-hour-dp": {"steps": 3600, "decode_points": 16},
         "default-hour-p32": {"steps": 7000, "model": {**stage["model"], "point_hidden": 32}},
+        "default-hour-cur": {
+            "steps": 7000,
+            "model": {**stage["model"], "point_hidden": 32},
+            "pool_frozen_steps": 4000,
+        },
     }
     for name, change in stated.items():
         cfg = dataclasses.asdict(PRESETS[name])
@@ -370,6 +375,31 @@ def test_attention_pool_stage_starts_from_a_mean_pooled_run(seed, tmp_path, cach
     wide = {**PRESETS["tiny"].model, "width": 32}
     with pytest.raises(ValueError, match="does not fit this model"):
         _quiet_train(_tiny(steps=1, init_from=init, model=wide), tmp_path / "bad", cache_dir=cache_dir)
+
+
+def test_pool_frozen_steps_keep_the_mean_pooling_then_train_the_pool(seed, tmp_path, cache_dir):
+    """pool_frozen_steps=4 (with the caption-twin loss on, whose twins go through the same pool): after 4
+    steps the attention pool still has its initial parameters, so it is still exactly the mean pooling;
+    resumed to 8 steps, the pool has trained. Bad settings are refused with a message saying what to set."""
+    small = dict(batch=8, max_points_per_batch=8 * 16, pool_size=64, lr=3e-3, warmup=1, seed=seed)
+    model = {**PRESETS["tiny"].model, "text_pool": "attention", "pool_hidden": 8}
+    cfg = _tiny(steps=8, model=model, pool_frozen_steps=4, noun_invariance=1.0, **small)
+    res = _quiet_train(cfg, tmp_path / "run", cache_dir=cache_dir, halt_at=4)
+    torch.manual_seed(seed)  # the initialisation train() drew: seed, then the tower, then the model
+    from export.text_towers import TextEncoder
+
+    TextEncoder(cfg.tower)
+    init = L2M(res["config"]).pool.state_dict()
+    pool = res["model"].pool.state_dict()
+    assert all(torch.equal(init[k], pool[k]) for k in init)
+    res = _quiet_train(cfg, tmp_path / "run", cache_dir=cache_dir, resume=True)
+    assert [h["step"] for h in res["history"]] == [5, 6, 7, 8]
+    assert float(res["model"].pool.score.weight.abs().max()) > 1e-4
+    assert float(res["model"].pool.token_fc2.weight.abs().max()) > 1e-4
+    with pytest.raises(ValueError, match="text_pool is 'mean'"):
+        _quiet_train(_tiny(steps=1, pool_frozen_steps=1, **small), tmp_path / "mean", cache_dir=cache_dir)
+    with pytest.raises(ValueError, match="step count >= 0"):
+        _quiet_train(_tiny(steps=1, pool_frozen_steps=-1, **small), tmp_path / "neg", cache_dir=cache_dir)
 
 
 def test_short_training_lowers_the_loss(seed, tmp_path, cache_dir, monkeypatch):
