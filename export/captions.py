@@ -455,6 +455,61 @@ _FIXED = {
         ("spiraling away from the center", "spirals away from the center", True),
     ],
 }
+# Caption vocabulary 2 (TrainConfig.caption_vocab=2): more training phrasings for staying still, growing
+# and shrinking, after the held-out stillness and scale checks stayed the weakest in one-hour runs. The
+# held-out words are untouched; vocabulary 1 (the default) keeps every earlier pool bit for bit.
+_FIXED_V2 = {
+    "still": [
+        ("staying fixed", "stays fixed", False),
+        ("remaining fixed", "remains fixed", False),
+        ("holding steady", "holds steady", False),
+        ("staying steady", "stays steady", False),
+        ("sitting tight", "sits tight", False),
+        ("staying static", "stays static", False),
+        ("remaining static", "remains static", False),
+        ("stuck in place", "is stuck in place", False),
+        ("locked in place", "is locked in place", False),
+        ("fixed in place", "is fixed in place", False),
+        ("sitting idle", "sits idle", False),
+        ("standing stock-still", "stands stock-still", False),
+        ("resting motionless", "rests motionless", False),
+        ("not moving at all", "does not move at all", False),
+        ("lying still", "lies still", False),
+    ],
+    "grow": [
+        ("growing in size", "grows in size", False),
+        ("getting bigger and bigger", "gets bigger and bigger", False),
+        ("spreading wide", "spreads wide", False),
+        ("fanning out", "fans out", False),
+        ("flaring out", "flares out", False),
+        ("radiating out", "radiates out", False),
+        ("growing huge", "grows huge", False),
+        ("becoming bigger", "becomes bigger", False),
+        ("gaining size", "gains size", False),
+        ("filling out", "fills out", False),
+        ("bulking up", "bulks up", False),
+        ("looming larger", "looms larger", False),
+    ],
+    "shrink": [
+        ("drawing together", "draws together", False),
+        ("gathering inward", "gathers inward", False),
+        ("huddling together", "huddles together", False),
+        ("bunching up", "bunches up", False),
+        ("waning", "wanes", False),
+        ("ebbing away", "ebbs away", False),
+        ("getting smaller and smaller", "gets smaller and smaller", False),
+        ("shrinking away", "shrinks away", False),
+        ("scrunching up", "scrunches up", False),
+        ("curling up", "curls up", False),
+        ("declining in size", "declines in size", False),
+        ("losing size", "loses size", False),
+        ("downsizing", "downsizes", False),
+        ("coming together", "comes together", False),
+    ],
+}
+CAPTION_VOCABS = (1, 2)
+
+
 _SENSE = {
     "cw": [("clockwise", False), ("in a clockwise direction", False), ("clockwise around its center", True)],
     "ccw": [
@@ -535,7 +590,18 @@ def _article(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
-def _verb_phrase(spec: dict, rng: np.random.Generator, third: bool, held_out: bool) -> str:
+def _fixed(fam: str, vocab: int) -> list:
+    """The phrasings of a family without a direction slot in caption vocabulary `vocab`: vocabulary 2
+    puts its extra training phrasings after vocabulary 1's training ones, before the held-out ones."""
+    if vocab not in CAPTION_VOCABS:
+        raise ValueError(f"caption vocabulary {vocab!r} does not exist; use one of {CAPTION_VOCABS}")
+    base = _FIXED[fam]
+    if vocab < 2 or fam not in _FIXED_V2:
+        return base
+    return [e for e in base if not e[-1]] + _FIXED_V2[fam] + [e for e in base if e[-1]]
+
+
+def _verb_phrase(spec: dict, rng: np.random.Generator, third: bool, held_out: bool, vocab: int = 1) -> str:
     fam = spec["family"]
     held = held_out and rng.random() < 0.6
     form = 1 if third else 0
@@ -553,35 +619,37 @@ def _verb_phrase(spec: dict, rng: np.random.Generator, third: bool, held_out: bo
         return f"{verb} {_pick(rng, _SENSE[spec['sense']], held)[0]}"
     if fam == "spiral":
         return _pick(rng, _FIXED["spiral_" + spec["sense"]], held)[form]
-    return _pick(rng, _FIXED[fam], held)[form]
+    return _pick(rng, _fixed(fam, vocab), held)[form]
 
 
 def write_caption(
-    spec: dict, rng: np.random.Generator, held_out: bool = False, noun: str | None = None
+    spec: dict, rng: np.random.Generator, held_out: bool = False, noun: str | None = None, vocab: int = 1
 ) -> str:
     """One sentence for a spec. `spec` = {"family", optional "dir", "sense", "speed", "then", "while"}.
 
     With held_out=True the object is always an unseen one and each other word slot (verb, direction
     form, adverb) draws from the held-out vocabulary with probability 0.6; otherwise only training
     vocabulary is used. `noun` fills the object slot instead of a drawn object (training captions with
-    nouns from `wide_nouns()`).
+    nouns from `wide_nouns()`). `vocab`: the caption vocabulary (CAPTION_VOCABS) training words come from.
     """
+    if vocab not in CAPTION_VOCABS:
+        raise ValueError(f"caption vocabulary {vocab!r} does not exist; use one of {CAPTION_VOCABS}")
     if noun is None:
         noun = _pick(rng, _OBJECTS, held_out)[0]
     style = int(rng.integers(4))
     third = style in (1, 3)
     subject = ("the " + noun) if style in (1, 2) and rng.random() < 0.8 else _article(noun)
-    vp = _verb_phrase(spec, rng, third, held_out)
+    vp = _verb_phrase(spec, rng, third, held_out, vocab)
     speed = spec.get("speed", "normal")
     if speed != "normal":
         adv = _pick(rng, _SLOW if speed == "slow" else _FAST, held_out and rng.random() < 0.6)[0]
         vp = f"{adv} {vp}" if rng.random() < 0.3 and adv.endswith("ly") else f"{vp} {adv}"
     if "while" in spec:
         joiner = "while" if rng.random() < 0.5 else "and"
-        vp = f"{vp} {joiner} {_verb_phrase(spec['while'], rng, third, held_out)}"
+        vp = f"{vp} {joiner} {_verb_phrase(spec['while'], rng, third, held_out, vocab)}"
     if "then" in spec:
         joiner = [" and then ", ", then ", " then ", " before "][int(rng.integers(4))]
-        vp = vp + joiner + _verb_phrase(spec["then"], rng, third, held_out)
+        vp = vp + joiner + _verb_phrase(spec["then"], rng, third, held_out, vocab)
     if style == 2:
         return f"{subject} is {vp}" if not third else f"{subject} {vp}"
     if style == 3 and rng.random() < 0.3:
@@ -628,9 +696,10 @@ circle circular orbit spiral spirals zigzag oscillation oscillate vibration wave
 _NOT_NOUN_ENDINGS = tuple("ing ed ly ous ful ive able ible ize ise ish less est ward".split())
 
 
-def _caption_words() -> set[str]:
+def _caption_words(vocab: int = 1) -> set[str]:
     words = set()
     groups = [*_VERBS.values(), *_FIXED.values(), *_DIR_WORDS.values(), *_SENSE.values()]
+    groups += list(_FIXED_V2.values()) if vocab >= 2 else []
     groups += [*_VERTICAL_VERBS.values(), _SLOW, _FAST]
     for group in groups:
         for entry in group:
@@ -646,21 +715,21 @@ def _stem(word: str) -> str:
     return word
 
 
-def wide_nouns(vocab_path: str | None = None) -> list[str]:
+def wide_nouns(vocab_path: str | None = None, vocab: int = 1) -> list[str]:
     """Whole words of the all-MiniLM-L6-v2 WordPiece vocabulary to fill the object slot of training
     captions, so the motion words decide the motion whatever the noun (held-out nouns pulled held-out
     still and shrink captions toward other motions). Kept out: subword pieces, words under 3 or over 12
     letters, the held-out objects and their plurals, every word of the caption vocabulary (verbs,
     directions, senses, adverbs, held-out ones included) and words sharing its stems, _NOT_NOUNS, and
     words with a verb, adverb or adjective ending (_NOT_NOUN_ENDINGS).
-    Deterministic: the vocabulary file's order."""
+    `vocab`: the caption vocabulary whose words are kept out. Deterministic: the vocabulary file's order."""
     if vocab_path is None:
         from l2m_sdk.tokenizer import minilm_model_dir
 
         vocab_path = str(minilm_model_dir() / "vocab.txt")
     held = {o for o, h in _OBJECTS if h}
     held |= {o + "s" for o in held} | {o + "es" for o in held}
-    cap = _caption_words()
+    cap = _caption_words(vocab)
     stems = {_stem(w) for w in cap if len(w) >= 4}
     long_stems = tuple(s for s in stems if len(s) >= 5)
     out = []

@@ -310,14 +310,16 @@ class CaptionPool:
         held_out: bool = False,
         wide_nouns: float = 0.0,
         twin_noun: str | None = None,
+        vocab: int = 1,
     ) -> CaptionPool:
         """`wide_nouns`: the fraction of captions whose object is a word of captions.wide_nouns() (the
         text tower's whole vocabulary, filtered) instead of the object list; 0 keeps the draws of
         earlier pools bit for bit. `twin_noun`: also write every caption again, word for word, with this
-        object instead (`twins`); the captions themselves do not change."""
+        object instead (`twins`); the captions themselves do not change. `vocab`: the caption vocabulary
+        (captions.CAPTION_VOCABS; 1 keeps earlier pools bit for bit)."""
         if wide_nouns and held_out:
             raise ValueError("wide_nouns is for training pools; held-out captions use the held-out objects")
-        words = vocabulary_nouns() if wide_nouns else None
+        words = vocabulary_nouns(vocab=vocab) if wide_nouns else None
         rng = np.random.default_rng(seed)
         specs, caps, keys, twins, seen = [], [], [], [], set()
         tries = 0
@@ -330,7 +332,7 @@ class CaptionPool:
                 if noun is None:  # the draw write_caption makes first, made here: the stream is unchanged
                     noun = _pick(rng, _OBJECTS, held_out)[0]
                 twin_rng = copy.deepcopy(rng)  # the same draws for the twin's other words
-            cap = write_caption(spec, rng, held_out=held_out, noun=noun)
+            cap = write_caption(spec, rng, held_out=held_out, noun=noun, vocab=vocab)
             if cap in seen:
                 continue
             seen.add(cap)
@@ -338,7 +340,7 @@ class CaptionPool:
             caps.append(cap)
             keys.append(spec_key(spec))
             if twin_rng is not None:
-                twins.append(write_caption(spec, twin_rng, held_out=held_out, noun=twin_noun))
+                twins.append(write_caption(spec, twin_rng, held_out=held_out, noun=twin_noun, vocab=vocab))
         return cls(specs, caps, keys, held_out, twins if twin_noun is not None else None)
 
 

@@ -127,6 +127,32 @@ def test_held_out_vocabulary_never_in_training_captions(seed):
     assert all(train_objects.search(c) for c in pool.captions)
 
 
+def test_caption_vocabulary_2_adds_training_phrasings_only(seed):
+    """Vocabulary 2 adds training phrasings for still, grow and shrink: they appear in its pools (with
+    the wide nouns that keep its words out of the object slot), never in vocabulary 1's (which stays the
+    default), never as held-out phrasings, and no held-out word leaks into either. An unknown vocabulary
+    is refused by name."""
+    extra = {p for fam in C._FIXED_V2.values() for e in fam for p in e[:2]}
+    assert len(extra) >= 80 and not any(e[-1] for fam in C._FIXED_V2.values() for e in fam)
+    words = {w for p in extra for w in p.replace("-", " ").split()}
+    assert not words & set(C.wide_nouns(vocab=2)) and words - C._caption_words() <= C._caption_words(vocab=2)
+    held = _held_out_phrases()
+    assert not extra & held
+    old = {p for f in C._FIXED.values() for e in f for p in e[:2]}
+    leak, new = _phrase_regex(held), _phrase_regex(extra - old)
+    v1 = CaptionPool.build(3000, seed, wide_nouns=0.5)
+    v2 = CaptionPool.build(3000, seed, wide_nouns=0.5, vocab=2)
+    assert not [c for c in v1.captions + v2.captions if leak.search(c)]
+    assert not [c for c in v1.captions if new.search(c)]
+    used = [(c, s) for c, s in zip(v2.captions, v2.specs) if new.search(c)]
+    assert len(used) > 30, len(used)
+    for c, s in used:  # the phrase names the family of the motion or of its "then" part
+        assert {s["family"], s.get("then", {}).get("family")} & {"still", "grow", "shrink"}, (c, s)
+    assert v1.captions == CaptionPool.build(3000, seed, wide_nouns=0.5, vocab=1).captions
+    with pytest.raises(ValueError, match="caption vocabulary 3"):
+        CaptionPool.build(10, seed, vocab=3)
+
+
 def test_held_out_captions_use_unseen_objects_and_words(seed):
     pool = CaptionPool.build(1000, seed, held_out=True)
     unseen_objects = _phrase_regex(o for o, h in C._OBJECTS if h)

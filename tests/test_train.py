@@ -303,6 +303,23 @@ def test_one_run_presets_change_only_what_they_say():
             "model": {**stage["model"], "point_hidden": 32},
             "pool_frozen_steps": 4000,
         },
+        "default-hour-ema": {
+            "steps": 7000,
+            "model": {**stage["model"], "point_hidden": 32},
+            "pool_frozen_steps": 4000,
+            "ema": 0.999,
+            "ema_start": 4000,
+            "caption_vocab": 2,
+        },
+        "default-hour-pool90k": {
+            "steps": 7000,
+            "model": {**stage["model"], "point_hidden": 32},
+            "pool_frozen_steps": 4000,
+            "ema": 0.999,
+            "ema_start": 4000,
+            "caption_vocab": 2,
+            "pool_size": 90000,
+        },
     }
     for name, change in stated.items():
         cfg = dataclasses.asdict(PRESETS[name])
@@ -481,6 +498,44 @@ def test_resume_is_exact(seed, tmp_path, cache_dir):
         torch.equal(sa[k], v)
         for k, v in load_weights(tmp_path / "part" / "model.safetensors").state_dict().items()
     )
+
+
+def test_ema_is_the_moving_average_of_the_iterates_and_survives_resume(seed, tmp_path, cache_dir):
+    """ema=0.5 from step 2 of a 6-step run, trained one step per call (halt_at, then resume): the
+    checkpoint after each step gives the iterates w2..w6, and out/ema/ must hold e = w2, then
+    e <- 0.5 e + 0.5 w for w3..w6 (float64 accumulation, float32 file). A straight run writes the same
+    average, the last iterate stays in out/model.safetensors, and bad settings are refused."""
+    base = _tiny(
+        steps=6,
+        batch=8,
+        max_points_per_batch=8 * 16,
+        pool_size=64,
+        warmup=1,
+        lr=3e-3,
+        seed=seed,
+        checkpoint_every=1,
+        ema=0.5,
+        ema_start=2,
+    )
+    iterates = []
+    for k in range(1, 7):
+        _quiet_train(base, tmp_path / "steps", cache_dir=cache_dir, resume=k > 1, halt_at=k)
+        iterates.append(torch.load(tmp_path / "steps" / "ckpt.pt", weights_only=False)["model"])
+    expect = {n: v.double() for n, v in iterates[1].items()}
+    for w in iterates[2:]:
+        expect = {n: 0.5 * expect[n] + 0.5 * w[n].double() for n in expect}
+    got = load_weights(tmp_path / "steps" / "ema" / "model.safetensors").state_dict()
+    assert all(torch.allclose(got[n].double(), expect[n], rtol=0, atol=1e-6) for n in expect)
+    assert not all(torch.equal(got[n], iterates[-1][n]) for n in got)  # an average, not the last iterate
+    last = load_weights(tmp_path / "steps" / "model.safetensors").state_dict()
+    assert all(torch.equal(last[n], iterates[-1][n]) for n in last)
+    straight = _quiet_train(base, tmp_path / "straight", cache_dir=cache_dir)
+    assert all(torch.equal(straight["model"].state_dict()[n], last[n]) for n in last)
+    again = load_weights(tmp_path / "straight" / "ema" / "model.safetensors").state_dict()
+    assert all(torch.equal(again[n], got[n]) for n in got)
+    for bad in (dict(ema=1.0), dict(ema=-0.1), dict(ema=0.9, ema_start=-1)):
+        with pytest.raises(ValueError, match="ema is a decay in"):
+            _quiet_train(dataclasses.replace(base, steps=1, **bad), tmp_path / "bad", cache_dir=cache_dir)
 
 
 def test_image_alignment_with_tiny_clip(seed, tmp_path, cache_dir):
