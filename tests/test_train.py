@@ -180,7 +180,9 @@ def test_decode_points_scores_a_random_subset_of_the_points(seed):
     assert float(part["rec_text"]) == pytest.approx(float(want_t), rel=1e-5)
     assert float(part["rec_motion"]) == pytest.approx(float(want_m), rel=1e-5)
     assert float(part["infonce"]) == pytest.approx(float(full["infonce"]), rel=1e-6)
-    assert float(part["rec_text"]) != pytest.approx(float(full["rec_text"]), rel=1e-3)
+    # a subset's loss is not the full loss: it can land within 1e-3 of it by chance (seed 1125701500
+    # did, 0.06% apart), so the check is only that it is not the same number up to float rounding
+    assert float(part["rec_text"]) != pytest.approx(float(full["rec_text"]), rel=1e-6)
 
 
 def test_text_noise_perturbs_only_the_text_reconstruction(seed):
