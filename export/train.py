@@ -105,6 +105,11 @@ def _from_scratch(model: dict | None = None, **changes) -> TrainConfig:
     )
 
 
+# default-hour-cur's settings with the moving average and caption vocabulary 2 (presets below)
+_HOUR_EMA = dict(
+    steps=7000, model={"point_hidden": 32}, pool_frozen_steps=4000, ema=0.999, ema_start=4000, caption_vocab=2
+)
+
 PRESETS = {
     "default": TrainConfig(),
     # A second stage: 1000 more steps from runs/default at a lower learning rate, fresh optimiser and a
@@ -223,26 +228,11 @@ PRESETS = {
     # default-hour-cur with the weights' moving average (decay 0.999 from the pool's unfreezing at step
     # 4000; out/ema/) and caption vocabulary 2: 15 more training phrasings for staying still, 26 for
     # growing and shrinking (held-out words untouched).
-    "default-hour-ema": _from_scratch(
-        steps=7000,
-        model={"point_hidden": 32},
-        pool_frozen_steps=4000,
-        ema=0.999,
-        ema_start=4000,
-        caption_vocab=2,
-    ),
+    "default-hour-ema": _from_scratch(**_HOUR_EMA),
     # default-hour-ema on a caption pool three times larger (90,000 captions, the twins as many): the
     # stage chain met a new 30,000-caption pool every stage, ten in all, while one run sees one pool
     # about 22 times over.
-    "default-hour-pool90k": _from_scratch(
-        steps=7000,
-        model={"point_hidden": 32},
-        pool_frozen_steps=4000,
-        ema=0.999,
-        ema_start=4000,
-        caption_vocab=2,
-        pool_size=90000,
-    ),
+    "default-hour-pool90k": _from_scratch(**_HOUR_EMA, pool_size=90000),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
         steps=40,
@@ -406,6 +396,11 @@ def train(
                 f"{cfg.init_from} does not fit this model (missing {missing}, unexpected {unexpected}); {fix}"
             )
         log.info("initialised from %s%s", cfg.init_from, " (new: attention pooling)" if missing else "")
+    if not 0.0 <= cfg.ema < 1.0 or cfg.ema_start < 0:
+        raise ValueError(
+            f"ema is a decay in [0, 1) (0: off; 0.999 averages about the last 1000 steps) and ema_start a "
+            f"step >= 0, got ema={cfg.ema}, ema_start={cfg.ema_start}"
+        )
     weights = LossWeights(**cfg.weights)
     twin = TWIN_NOUN if cfg.noun_invariance > 0 or cfg.noun_motion_invariance > 0 else None
     pool = CaptionPool.build(
@@ -423,11 +418,6 @@ def train(
         )
     emb = _PoolText(enc, pool.captions, cache_dir, attention)
     emb_twin = _PoolText(enc, pool.twins, cache_dir, attention) if twin else None
-    if not 0.0 <= cfg.ema < 1.0 or cfg.ema_start < 0:
-        raise ValueError(
-            f"ema is a decay in [0, 1) (0: off; 0.999 averages about the last 1000 steps) and ema_start a "
-            f"step >= 0, got ema={cfg.ema}, ema_start={cfg.ema_start}"
-        )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     ema: dict[str, torch.Tensor] | None = None  # float64 shadow of model.state_dict() once started
