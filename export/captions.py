@@ -507,7 +507,25 @@ _FIXED_V2 = {
         ("coming together", "comes together", False),
     ],
 }
-CAPTION_VOCABS = (1, 2)
+# Caption vocabulary 3: vocabulary 2 plus training forms of a rotation's sense followed by more words
+# ("spins clockwise on the spot"), only for the rotate family. Vocabulary-2 runs misread the sense when
+# held-out words trailed it: "pivots clockwise around its center" turned counterclockwise in 0-20% of
+# cases where vocabulary-1 runs got 97-100%, while every training sense form ends the verb phrase.
+_SENSE_V3 = {
+    "cw": [
+        ("clockwise on the spot", False),
+        ("clockwise about its axis", False),
+        ("clockwise like a wheel", False),
+        ("in the clockwise direction", False),
+    ],
+    "ccw": [
+        ("counterclockwise on the spot", False),
+        ("anticlockwise about its axis", False),
+        ("counter-clockwise like a wheel", False),
+        ("in the counterclockwise direction", False),
+    ],
+}
+CAPTION_VOCABS = (1, 2, 3)
 
 
 _SENSE = {
@@ -600,6 +618,15 @@ def _fixed(fam: str, vocab: int) -> list:
     return [e for e in base if not e[-1]] + _FIXED_V2[fam] + [e for e in base if e[-1]]
 
 
+def _senses(fam: str, sense: str, vocab: int) -> list:
+    """The forms of a rotation sense for `fam` in caption vocabulary `vocab` (vocabulary 3's extra
+    training forms go to the rotate family only, between the training and the held-out ones)."""
+    base = _SENSE[sense]
+    if vocab < 3 or fam != "rotate":
+        return base
+    return [e for e in base if not e[-1]] + _SENSE_V3[sense] + [e for e in base if e[-1]]
+
+
 def _verb_phrase(spec: dict, rng: np.random.Generator, third: bool, held_out: bool, vocab: int = 1) -> str:
     fam = spec["family"]
     held = held_out and rng.random() < 0.6
@@ -615,7 +642,7 @@ def _verb_phrase(spec: dict, rng: np.random.Generator, third: bool, held_out: bo
         return f"{verb} {_pick(rng, _DIR_WORDS[d], held)[0]}"
     if fam in ("rotate", "orbit"):
         verb = _pick(rng, _VERBS[fam], held)[form]
-        return f"{verb} {_pick(rng, _SENSE[spec['sense']], held)[0]}"
+        return f"{verb} {_pick(rng, _senses(fam, spec['sense'], vocab), held)[0]}"
     if fam == "spiral":
         return _pick(rng, _FIXED["spiral_" + spec["sense"]], held)[form]
     return _pick(rng, _fixed(fam, vocab), held)[form]
@@ -699,6 +726,7 @@ def _caption_words(vocab: int = 1) -> set[str]:
     words = set()
     groups = [*_VERBS.values(), *_FIXED.values(), *_DIR_WORDS.values(), *_SENSE.values()]
     groups += list(_FIXED_V2.values()) if vocab >= 2 else []
+    groups += list(_SENSE_V3.values()) if vocab >= 3 else []
     groups += [*_VERTICAL_VERBS.values(), _SLOW, _FAST]
     for group in groups:
         for entry in group:

@@ -27,10 +27,12 @@ import numpy as np
 import torch
 
 from export.captions import (
+    _DIR_WORDS,
     _FIXED,
     _OBJECTS,
     _SENSE,
     _VERBS,
+    _VERTICAL_VERBS,
     DIRECTIONS,
     FAMILIES,
     FAMILY_LABELS,
@@ -184,16 +186,23 @@ def _init_points(rng: np.random.Generator, n: int) -> np.ndarray:
     return (make_layout(rng, n) + rng.uniform(-0.3, 0.3, 2)).astype(np.float32)
 
 
+def _kind_outcomes(
+    ev: Evaluator, kind: str, per_kind: int, rng: np.random.Generator, T: int
+) -> tuple[list[dict], list[str], list[bool]]:
+    """One kind's held-out captions (specs, captions) and whether each generation passes its check."""
+    specs = [PROPERTY_SPECS[kind](rng, i) for i in range(per_kind)]
+    caps = [write_caption(s, rng, held_out=True) for s in specs]
+    n = int(rng.choice([9, 16, 36, 64]))
+    init = np.stack([_init_points(rng, n) for _ in specs])
+    gen = ev.generate(caps, init, T)
+    return specs, caps, [check(kind, s, g) for s, g in zip(specs, gen)]
+
+
 def property_checks(ev: Evaluator, per_kind: int, rng: np.random.Generator, T: int = 30) -> dict:
     results = {}
     examples = {}
-    for kind, make in PROPERTY_SPECS.items():
-        specs = [make(rng, i) for i in range(per_kind)]
-        caps = [write_caption(s, rng, held_out=True) for s in specs]
-        n = int(rng.choice([9, 16, 36, 64]))
-        init = np.stack([_init_points(rng, n) for _ in specs])
-        gen = ev.generate(caps, init, T)
-        ok = [check(kind, s, g) for s, g in zip(specs, gen)]
+    for kind in PROPERTY_SPECS:
+        specs, caps, ok = _kind_outcomes(ev, kind, per_kind, rng, T)
         results[kind] = float(np.mean(ok))
         examples[kind] = [{"caption": c, "pass": bool(o)} for c, o in list(zip(caps, ok))[:4]]
     # speed ordering: the same caption with a slow and a fast adverb (same rng draws otherwise)
@@ -220,6 +229,45 @@ def property_checks(ev: Evaluator, per_kind: int, rng: np.random.Generator, T: i
         g = ev.generate([text], init, T)[0]
         user[text] = bool(check(kind, spec, g))
     return {"pass_rate": results, "examples": examples, "user_prompts": user, "per_kind": per_kind}
+
+
+def _held_out_phrase_regex() -> re.Pattern:
+    """Every held-out verb, direction and rotation-sense form of the caption writer (not objects or
+    adverbs), longest first so that "counterclockwise around its center" is one match."""
+    groups = [*_VERBS.values(), *_FIXED.values(), *_DIR_WORDS.values(), *_SENSE.values()]
+    groups += list(_VERTICAL_VERBS.values())
+    phrases = {p for g in groups for e in g if e[-1] for p in e[:-1]}
+    return re.compile(r"\b(" + "|".join(sorted(map(re.escape, phrases), key=len, reverse=True)) + r")\b")
+
+
+def phrase_breakdown(
+    ev: Evaluator, rng: np.random.Generator, per_kind: int = 144, draws: int = 3, T: int = 30
+) -> dict:
+    """The property checks grouped by the held-out phrases each caption contains: which unseen words
+    decide a kind's pass rate. Each draw is what property_checks draws from the same generator state
+    (its first draw gives property_checks' pass rates; speed ordering is left out). A caption whose verb,
+    direction and sense forms are all training words is grouped under "(training words)"; its object is
+    held out either way. Rows: kind, family, sense (rotation) or None, phrases, count, pass rate."""
+    held = _held_out_phrase_regex()
+    groups: dict[tuple, list[bool]] = {}
+    for _ in range(draws):
+        for kind in PROPERTY_SPECS:
+            for s, c, ok in zip(*_kind_outcomes(ev, kind, per_kind, rng, T)):
+                phrases = " + ".join(sorted(set(held.findall(c)))) or "(training words)"
+                groups.setdefault((kind, s["family"], s.get("sense"), phrases), []).append(ok)
+    rows = [
+        {"kind": k, "family": f, "sense": sn, "phrases": p, "count": len(ok), "pass_rate": float(np.mean(ok))}
+        for (k, f, sn, p), ok in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0])))
+    ]
+    return {"per_kind": per_kind, "draws": draws, "rows": rows}
+
+
+def print_phrase_breakdown(res: dict) -> None:
+    print("| kind | family | sense | held-out phrases | captions | pass rate |")
+    print("| --- | --- | --- | --- | ---: | ---: |")
+    for r in res["rows"]:
+        cells = [r["kind"], r["family"], r["sense"] or "", r["phrases"], r["count"], f"{r['pass_rate']:.2f}"]
+        print("| " + " | ".join(map(str, cells)) + " |")
 
 
 # ----------------------------------------------------------------------------- retrieval and errors
@@ -472,7 +520,25 @@ def main(argv: list[str] | None = None) -> None:
         help="with --weights: only the held-out word probe (does the frozen tower read each verb as its "
         "family?); writes word_probe.json beside the weights",
     )
+    ap.add_argument(
+        "--by-phrase",
+        action="store_true",
+        help="with --weights: only the property checks grouped by the held-out phrases of each caption "
+        "(--per-kind captions per kind, three draws from --seed); writes by_phrase.json beside the weights",
+    )
     args = ap.parse_args(argv)
+    if args.by_phrase:
+        if args.bundle or args.probe_words:
+            ap.error("--by-phrase needs --weights and runs alone")
+        torch.set_num_threads(2)
+        model = load_weights(args.weights)
+        ev = Evaluator(model, TextEncoder(model.cfg.text_tower))
+        res = phrase_breakdown(ev, np.random.default_rng(args.seed), per_kind=args.per_kind)
+        out = Path(args.out) if args.out else Path(args.weights).with_name("by_phrase.json")
+        out.write_text(json.dumps(res, indent=1))
+        print_phrase_breakdown(res)
+        print(f"wrote {out}")
+        return
     if args.probe_words:
         if args.bundle:
             ap.error("--probe-words needs --weights (it reads the frozen tower's own embeddings)")

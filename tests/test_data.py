@@ -149,8 +149,36 @@ def test_caption_vocabulary_2_adds_training_phrasings_only(seed):
     for c, s in used:  # the phrase names the family of the motion or of its "then" part
         assert {s["family"], s.get("then", {}).get("family")} & {"still", "grow", "shrink"}, (c, s)
     assert v1.captions == CaptionPool.build(3000, seed, wide_nouns=0.5, vocab=1).captions
-    with pytest.raises(ValueError, match="caption vocabulary 3"):
-        CaptionPool.build(10, seed, vocab=3)
+    with pytest.raises(ValueError, match="caption vocabulary 4"):
+        CaptionPool.build(10, seed, vocab=4)
+
+
+def test_caption_vocabulary_3_adds_rotation_sense_forms_to_rotate_only(seed):
+    """Vocabulary 3 is vocabulary 2 plus training forms of a rotation sense followed by more words: they
+    name the sense of the rotating part of the motion, never an orbit's, and every caption without a
+    rotation is vocabulary 2's (without wide nouns, whose list also keeps the new words out)."""
+    extra = {sense: {e[0] for e in forms} for sense, forms in C._SENSE_V3.items()}
+    assert all(len(f) >= 4 for f in extra.values())
+    assert not any(e[-1] for f in C._SENSE_V3.values() for e in f)
+    held = _held_out_phrases()
+    assert not (extra["cw"] | extra["ccw"]) & held
+    words = {w for f in extra.values() for p in f for w in p.replace("-", " ").split()}
+    assert words <= C._caption_words(vocab=3) and not words & set(C.wide_nouns(vocab=3))
+    v2 = CaptionPool.build(3000, seed, vocab=2)
+    v3 = CaptionPool.build(3000, seed, vocab=3)
+    leak = _phrase_regex(held)
+    assert not [c for c in v3.captions if leak.search(c)]
+    sense_of = {form: sense for sense, f in extra.items() for form in f}
+    forms, used = _phrase_regex(sense_of), 0
+    for c2, c3, s in zip(v2.captions, v3.captions, v3.specs):
+        parts = [s, s.get("then"), s.get("while")]
+        rot = {p["sense"] for p in parts if p and p["family"] == "rotate"}
+        if not rot:
+            assert c3 == c2, (c2, c3)
+        for form in forms.findall(c3):  # longest first: "counter-clockwise like a wheel" is one form
+            used += 1
+            assert sense_of[form] in rot, (c3, s)
+    assert used > 20, used
 
 
 def test_held_out_captions_use_unseen_objects_and_words(seed):

@@ -5,6 +5,7 @@ evaluation functions on a tiny random model and a tiny random-init CLIP tower.""
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from export.evaluate import (
     label_embeddings,
     net_direction_ok,
     path_length,
+    phrase_breakdown,
+    property_checks,
     recall_at,
     retrieval_and_errors,
     reversals,
@@ -194,6 +197,49 @@ def test_evaluation_runs_and_states_its_sizes(seed, tiny_evaluator):
     with torch.inference_mode():
         gen = tiny_evaluator.generate(caps[:3], np.zeros((3, 5, 2), np.float32), 12)
     assert gen.shape == (3, 12, 5, 2) and np.array_equal(gen[:, 0], np.zeros((3, 5, 2), np.float32))
+
+
+class _CaptionSeededMotion:
+    """Stands in for a model: each caption gets its own random drift, spin and size change (seeded by
+    the caption's text), so checks pass for some captions and fail for others."""
+
+    def generate(self, texts, init, T):
+        out = []
+        for text, p in zip(texts, init):
+            r = np.random.default_rng(zlib.crc32(text.encode()))
+            t = np.linspace(0, 1, T)[:, None]
+            c, (x, y) = p.mean(0), (p - p.mean(0)).T
+            a = r.normal(0, 1.0) * t
+            rot = np.stack([np.cos(a) * x - np.sin(a) * y, np.sin(a) * x + np.cos(a) * y], -1)
+            scale = np.exp(r.normal(0, 0.3) * t)[..., None]
+            out.append(c + rot * scale + (r.normal(0, 0.3, 2) * t * r.integers(2))[:, None])
+        return np.stack(out).astype(np.float32)
+
+
+def test_phrase_breakdown_regroups_the_property_checks(seed):
+    """`export.evaluate --by-phrase`: its first draw is the property checks' draw from the same seed,
+    regrouped (per-kind pass rates equal theirs, every caption in exactly one group), and groups are
+    named by the held-out forms the captions contain."""
+    from export.evaluate import _held_out_phrase_regex
+
+    ev = _CaptionSeededMotion()
+    res = phrase_breakdown(ev, np.random.default_rng(seed), per_kind=40, draws=1, T=16)
+    want = property_checks(ev, 40, np.random.default_rng(seed), T=16)["pass_rate"]
+    assert 0 < np.mean([want[k] for k in PROPERTY_SPECS]) < 1  # the stand-in passes some, not all
+    for kind in PROPERTY_SPECS:
+        rows = [r for r in res["rows"] if r["kind"] == kind]
+        assert sum(r["count"] for r in rows) == 40
+        assert sum(r["count"] * r["pass_rate"] for r in rows) / 40 == pytest.approx(want[kind], abs=1e-12)
+    assert {r["family"] for r in res["rows"] if r["kind"] == "rotation"} == {"rotate"}
+    assert any(r["phrases"] != "(training words)" for r in res["rows"])
+    two = phrase_breakdown(ev, np.random.default_rng(seed), per_kind=40, draws=2, T=16)
+    assert sum(r["count"] for r in two["rows"]) == 2 * 40 * len(PROPERTY_SPECS)
+    held = _held_out_phrase_regex()
+    assert sorted(held.findall("a dial pivots counterclockwise around its center")) == [
+        "counterclockwise around its center",
+        "pivots",
+    ]
+    assert not held.findall("a block spins clockwise then sits still")
 
 
 def test_bundle_evaluator_measures_what_the_torch_one_does(seed, tiny_minilm):
