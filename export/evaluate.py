@@ -3,6 +3,7 @@
     python -m export.evaluate --weights runs/default/model.safetensors [--out runs/default/eval.json]
                               [--card MODEL_CARD.md]
     python -m export.evaluate --bundle l2m_sdk/assets/default [--out runs/eval-default.json]
+    python -m export.evaluate --weights W --by-phrase --per-kind 144   # property checks per held-out phrase
 
 Everything is measured through the PyTorch modules (the ONNX graphs equal them within 1e-5, see
 tests/test_onnx_parity.py), or with `--bundle DIR` through l2m_sdk on an exported bundle (quantized text
