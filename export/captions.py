@@ -608,23 +608,27 @@ def _article(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
+def _between_training_and_held_out(base: list, extra: list) -> list:
+    """A later vocabulary's training entries placed after `base`'s training entries, before its held-out
+    ones (each entry's last field: held out)."""
+    return [e for e in base if not e[-1]] + extra + [e for e in base if e[-1]]
+
+
 def _fixed(fam: str, vocab: int) -> list:
     """The phrasings of a family without a direction slot in caption vocabulary `vocab`: vocabulary 2
     puts its extra training phrasings after vocabulary 1's training ones, before the held-out ones
     (`vocab` checked by write_caption)."""
-    base = _FIXED[fam]
     if vocab < 2 or fam not in _FIXED_V2:
-        return base
-    return [e for e in base if not e[-1]] + _FIXED_V2[fam] + [e for e in base if e[-1]]
+        return _FIXED[fam]
+    return _between_training_and_held_out(_FIXED[fam], _FIXED_V2[fam])
 
 
 def _senses(fam: str, sense: str, vocab: int) -> list:
     """The forms of a rotation sense for `fam` in caption vocabulary `vocab` (vocabulary 3's extra
     training forms go to the rotate family only, between the training and the held-out ones)."""
-    base = _SENSE[sense]
     if vocab < 3 or fam != "rotate":
-        return base
-    return [e for e in base if not e[-1]] + _SENSE_V3[sense] + [e for e in base if e[-1]]
+        return _SENSE[sense]
+    return _between_training_and_held_out(_SENSE[sense], _SENSE_V3[sense])
 
 
 def _verb_phrase(spec: dict, rng: np.random.Generator, third: bool, held_out: bool, vocab: int = 1) -> str:
@@ -722,13 +726,18 @@ circle circular orbit spiral spirals zigzag oscillation oscillate vibration wave
 _NOT_NOUN_ENDINGS = tuple("ing ed ly ous ful ive able ible ize ise ish less est ward".split())
 
 
-def _caption_words(vocab: int = 1) -> set[str]:
-    words = set()
+def _phrase_groups(vocab: int = 1, adverbs: bool = True) -> list[list[tuple]]:
+    """Every table of verb, direction, sense (and speed-adverb) entries in caption vocabulary `vocab`;
+    an entry's last field says whether it is held out, the fields before it are its forms."""
     groups = [*_VERBS.values(), *_FIXED.values(), *_DIR_WORDS.values(), *_SENSE.values()]
     groups += list(_FIXED_V2.values()) if vocab >= 2 else []
     groups += list(_SENSE_V3.values()) if vocab >= 3 else []
-    groups += [*_VERTICAL_VERBS.values(), _SLOW, _FAST]
-    for group in groups:
+    return groups + [*_VERTICAL_VERBS.values()] + ([_SLOW, _FAST] if adverbs else [])
+
+
+def _caption_words(vocab: int = 1) -> set[str]:
+    words = set()
+    for group in _phrase_groups(vocab):
         for entry in group:
             for phrase in entry[:-1]:
                 words.update(phrase.replace("-", " ").split())

@@ -28,15 +28,14 @@ import numpy as np
 import torch
 
 from export.captions import (
-    _DIR_WORDS,
     _FIXED,
     _OBJECTS,
     _SENSE,
     _VERBS,
-    _VERTICAL_VERBS,
     DIRECTIONS,
     FAMILIES,
     FAMILY_LABELS,
+    _phrase_groups,
     spec_key,
     write_caption,
 )
@@ -235,9 +234,7 @@ def property_checks(ev: Evaluator, per_kind: int, rng: np.random.Generator, T: i
 def _held_out_phrase_regex() -> re.Pattern:
     """Every held-out verb, direction and rotation-sense form of the caption writer (not objects or
     adverbs), longest first so that "counterclockwise around its center" is one match."""
-    groups = [*_VERBS.values(), *_FIXED.values(), *_DIR_WORDS.values(), *_SENSE.values()]
-    groups += list(_VERTICAL_VERBS.values())
-    phrases = {p for g in groups for e in g if e[-1] for p in e[:-1]}
+    phrases = {p for g in _phrase_groups(adverbs=False) for e in g if e[-1] for p in e[:-1]}
     return re.compile(r"\b(" + "|".join(sorted(map(re.escape, phrases), key=len, reverse=True)) + r")\b")
 
 
