@@ -149,8 +149,8 @@ def test_caption_vocabulary_2_adds_training_phrasings_only(seed):
     for c, s in used:  # the phrase names the family of the motion or of its "then" part
         assert {s["family"], s.get("then", {}).get("family")} & {"still", "grow", "shrink"}, (c, s)
     assert v1.captions == CaptionPool.build(3000, seed, wide_nouns=0.5, vocab=1).captions
-    with pytest.raises(ValueError, match="caption vocabulary 4"):
-        CaptionPool.build(10, seed, vocab=4)
+    with pytest.raises(ValueError, match="caption vocabulary 5"):
+        CaptionPool.build(10, seed, vocab=5)
 
 
 def test_caption_vocabulary_3_adds_rotation_sense_forms_to_rotate_only(seed):
@@ -179,6 +179,30 @@ def test_caption_vocabulary_3_adds_rotation_sense_forms_to_rotate_only(seed):
             used += 1
             assert sense_of[form] in rot, (c3, s)
     assert used > 20, used
+
+
+def test_caption_vocabulary_4_is_vocabulary_2_without_its_grow_phrasings(seed):
+    """Vocabulary 4 adds vocabulary 2's still and shrink phrasings, never its grow ones: a caption with no
+    still or shrink part is vocabulary 1's word for word, the others draw from vocabulary 2's still and
+    shrink lists, and no held-out phrasing appears."""
+    grow_only = {e[0] for e in C._FIXED_V2["grow"]} | {e[1] for e in C._FIXED_V2["grow"]}
+    old = {p for f in C._FIXED.values() for e in f for p in e[:2]}
+    added = {fam: {p for e in C._FIXED_V2[fam] for p in e[:2]} - old for fam in ("still", "shrink")}
+    v1 = CaptionPool.build(3000, seed, vocab=1)
+    v4 = CaptionPool.build(3000, seed, vocab=4)
+    assert not [c for c in v4.captions if _phrase_regex(grow_only).search(c)]
+    assert not [c for c in v4.captions if _phrase_regex(_held_out_phrases()).search(c)]
+    used = {fam: 0 for fam in added}
+    for c1, c4, s in zip(v1.captions, v4.captions, v4.specs):
+        fams = {p["family"] for p in (s, s.get("then"), s.get("while")) if p}
+        if not fams & set(added):
+            assert c4 == c1, (c1, c4)
+        for fam, phrases in added.items():
+            if _phrase_regex(phrases).search(c4):
+                used[fam] += 1
+                assert fam in fams, (c4, s)
+    assert min(used.values()) > 20, used
+    assert set(C.wide_nouns(vocab=4)) >= set(C.wide_nouns(vocab=2))
 
 
 def test_held_out_captions_use_unseen_objects_and_words(seed):
