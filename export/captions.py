@@ -526,9 +526,8 @@ _SENSE_V3 = {
     ],
 }
 # Caption vocabulary 4: vocabulary 2's still and shrink phrasings without its grow ones. All three
-# vocabulary-2/3 runs read the held-out "pull together" (1.00 against 0.00-0.13) and "frozen in place"
-# better than vocabulary-1 runs, but read "ballooning" worse (0.00-0.32 against 0.37-0.95) after the
-# grow phrasings moved what a grow caption looks like to the model.
+# vocabulary-2/3 runs read the held-out "pull together" (1.00 against 0.00-0.13 in vocabulary-1 runs) but
+# read "ballooning" worse (0.00-0.32 against 0.37-0.95), perhaps because of the grow phrasings.
 _FIXED_V4 = {fam: _FIXED_V2[fam] for fam in ("still", "shrink")}
 # Each vocabulary's extra training tables: (phrasings of families without a direction slot, rotation
 # sense forms of the rotate family); vocabulary 1 has none.

@@ -80,9 +80,8 @@ class TrainConfig:
     ema: float = 0.0
     ema_start: int = 0
     # Caption vocabulary of the pool (export.captions.CAPTION_VOCABS): 2 adds training phrasings for
-    # staying still, growing and shrinking; 3 adds to 2 rotation-sense forms followed by more words;
-    # 4 is 2 without its grow phrasings;
-    # 1 is what every preset before default-hour-ema trained on.
+    # staying still, growing and shrinking; 3 adds to 2 rotation-sense forms followed by more words; 4 is
+    # 2 without its grow phrasings; 1 is what every preset before default-hour-ema trained on.
     caption_vocab: int = 1
 
 
@@ -249,8 +248,8 @@ PRESETS = {
     # "a puddle expanding outward" fails its grow check on all three draws; one seed, not shipped.
     "default-hour-10k": _from_scratch(steps=10000, model={"point_hidden": 32}, pool_frozen_steps=5700),
     # default-hour-cur (no moving average) on caption vocabulary 4: vocabulary 2's still and shrink
-    # phrasings without its grow ones. Vocabulary-1 runs fail "pull together" and "dwindle" and vary most
-    # on "frozen in place"; vocabulary-2 runs read those better but lost "ballooning". 61:44 wall-clock (AMD
+    # phrasings without its grow ones. Vocabulary-1 runs fail "pull together"; vocabulary-2 runs read it
+    # but lost "ballooning". 61:44 wall-clock (AMD
     # EPYC): property 0.917 / 0.876 / 0.868 (mean 0.887), scale 0.72-0.81 but stillness 0.82-0.88 and
     # speed ordering 0.82-0.90; "pull together" 1.00, "ballooning" 0.55. Seed 15: 0.882 / 0.867 / 0.890
     # (mean 0.880), "pull together" 1.00 again (model card). Not shipped.
