@@ -303,7 +303,7 @@ def test_text_attention_pool(tmp_path, rng, check, randomize, pool_hidden):
         for ln in (m for m in tower.modules() if isinstance(m, torch.nn.LayerNorm)):
             ln.weight.add_(1.0)
     randomize(model, rng, 0.3)
-    randomize(model.pool.score, rng, 100.0)  # scores of order 1-3 on these states: far from uniform
+    randomize(model.pool.score, rng, 0.5)  # token scores spread by 2-3 on these states: far from uniform
     path = export_text(tower, model.adapter.eval(), tmp_path / "text.onnx", 64, model.pool.eval())
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     lengths = [int(rng.integers(20, 40)), *rng.integers(1, 20, 4).tolist()]
