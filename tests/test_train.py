@@ -317,6 +317,7 @@ def test_one_run_presets_change_only_what_they_say():
     stated["default-hour-pool90k"] = {**stated["default-hour-ema"], "pool_size": 90000}
     stated["default-hour-v3"] = {**stated["default-hour-ema"], "caption_vocab": 3}
     stated["default-hour-v4"] = {**stated["default-hour-cur"], "caption_vocab": 4}
+    stated["default-hour-v4-pool90k"] = {**stated["default-hour-v4"], "pool_size": 90000}
     stated["default-hour-10k"] = {**stated["default-hour-cur"], "steps": 10000, "pool_frozen_steps": 5700}
     for name, change in stated.items():
         cfg = dataclasses.asdict(PRESETS[name])
