@@ -110,6 +110,8 @@ def _from_scratch(model: dict | None = None, **changes) -> TrainConfig:
 _HOUR_EMA = dict(
     steps=7000, model={"point_hidden": 32}, pool_frozen_steps=4000, ema=0.999, ema_start=4000, caption_vocab=2
 )
+# default-hour-cur's settings on caption vocabulary 4 (presets below)
+_HOUR_V4 = dict(steps=7000, model={"point_hidden": 32}, pool_frozen_steps=4000, caption_vocab=4)
 
 PRESETS = {
     "default": TrainConfig(),
@@ -255,18 +257,14 @@ PRESETS = {
     # EPYC): property 0.917 / 0.876 / 0.868 (mean 0.887), scale 0.72-0.81 but stillness 0.82-0.88 and
     # speed ordering 0.82-0.90; "pull together" 1.00, "ballooning" 0.55. Seed 15: 0.882 / 0.867 / 0.890
     # (mean 0.880), "pull together" 1.00 again (model card). Not shipped.
-    "default-hour-v4": _from_scratch(
-        steps=7000, model={"point_hidden": 32}, pool_frozen_steps=4000, caption_vocab=4
-    ),
+    "default-hour-v4": _from_scratch(**_HOUR_V4),
     # default-hour-v4 on a caption pool three times larger (90,000 captions, the twins as many). Each of
     # the two changes fixed one held-out phrasing class in its own runs: caption vocabulary 4 read "pull
     # together" (1.00 on both seeds, 0.00-0.15 in vocabulary-1 runs) but "frozen in place" 0.50-0.63;
     # the 90,000-caption pool read "frozen in place" 0.98 (stillness 0.98-0.99) on vocabulary 2. 1:16:46
     # wall-clock (AMD EPYC, 9.0 GB): property 0.913 / 0.881 / 0.894 (mean 0.896), "pull together" 0.98
     # and "frozen in place" 0.78 but "ballooning" 0.00 and "a puddle expanding outward" fails: not shipped.
-    "default-hour-v4-pool90k": _from_scratch(
-        steps=7000, model={"point_hidden": 32}, pool_frozen_steps=4000, caption_vocab=4, pool_size=90000
-    ),
+    "default-hour-v4-pool90k": _from_scratch(**_HOUR_V4, pool_size=90000),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
         steps=40,
