@@ -38,17 +38,32 @@ def default_initial_points(num_points: int, half_size: float = 0.15) -> np.ndarr
     return xy.astype(np.float32)
 
 
-def _slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Spherical interpolation between unit rows a (B, D), b (B, D) at t (K,) -> (K, B, D)."""
-    dot = np.clip((a * b).sum(-1), -1.0, 1.0)  # (B,)
+def _slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray, what: str = "alphas") -> np.ndarray:
+    """Spherical interpolation between unit rows a (B, D), b (B, D) at t (K,) -> (K, B, D) float32,
+    computed in float64. Opposite rows (cosine within 1e-6 of -1) have no unique path between them,
+    and float32 rounding alone would pick its direction: ValueError for any t strictly inside
+    (0, 1); t = 0 and t = 1 still give a and b."""
+    a64, b64, t64 = a.astype(np.float64), b.astype(np.float64), np.asarray(t, np.float64)
+    dot = np.clip((a64 * b64).sum(-1), -1.0, 1.0)  # (B,)
+    opposite = dot < -1.0 + 1e-6
+    if opposite.any() and ((t64 > 0) & (t64 < 1)).any():
+        rows = np.flatnonzero(opposite)
+        raise ValueError(
+            f"the two endpoints point in opposite directions (cosine {dot[rows[0]]:.7f}) in row(s) "
+            f"{rows[:8].tolist()}: no unique path on the sphere joins them; use {what} 0 and 1 only, "
+            "or move one endpoint (e.g. edit() it, or interpolate through a third point)"
+        )
     om = np.arccos(dot)
     so = np.sin(om)
-    t = t[:, None, None]
-    lin = (1 - t) * a + t * b
+    t3 = t64[:, None, None]
+    lin = (1 - t3) * a64 + t3 * b64
     with np.errstate(invalid="ignore", divide="ignore"):
-        sl = (np.sin((1 - t) * om[:, None]) * a + np.sin(t * om[:, None]) * b) / so[:, None]
-    out = np.where((so < 1e-6)[None, :, None], lin, sl)
-    return out / np.linalg.norm(out, axis=-1, keepdims=True)
+        sl = (np.sin((1 - t3) * om[:, None]) * a64 + np.sin(t3 * om[:, None]) * b64) / so[:, None]
+        out = np.where((so < 1e-6)[None, :, None], lin, sl)
+        out = out / np.linalg.norm(out, axis=-1, keepdims=True)
+    if opposite.any():  # only t in {0, 1} reach here: the endpoints themselves
+        out[:, opposite] = np.where((t64 == 0)[:, None, None], a64[opposite], b64[opposite])
+    return out.astype(np.float32)
 
 
 def ensemble_embeddings(e: np.ndarray, groups: list[list[str]]) -> np.ndarray:
@@ -470,6 +485,6 @@ class Model:
             )
         z = self.encode_motion(traj)
         s = np.broadcast_to(s, z.shape)
-        zs = _slerp(z, np.ascontiguousarray(s), np.array([strength], np.float32))[0]
+        zs = _slerp(z, np.ascontiguousarray(s), np.array([strength], np.float32), "strength")[0]
         out = self._decode(zs, traj[:, 0], traj.shape[1])
         return out[0] if single else out

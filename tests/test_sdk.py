@@ -280,6 +280,25 @@ def test_interpolate_edit_style_transfer(default_model, rng, random_trajectories
     np.testing.assert_allclose(path[-1], eb, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(path, axis=1), 1.0, atol=1e-5)
     assert abs(path[2] @ ea - path[2] @ eb) < 1e-5  # the midpoint is equidistant on the sphere
+    # opposite endpoints: no unique path (float32 rounding would pick it), so inner alphas raise;
+    # the endpoints themselves stay well defined. Near-opposite (cos -1 + 1e-6) counts as opposite.
+    far = -ea + rng.normal(size=m.dim).astype(np.float32) * 1e-5
+    for other in (-ea, far / np.linalg.norm(far)):
+        ends = m.interpolate(ea, other, [0.0, 1.0])
+        assert np.isfinite(ends).all()
+        np.testing.assert_allclose(ends[0], ea, atol=1e-6)
+        np.testing.assert_allclose(ends[1], other / np.linalg.norm(other), atol=1e-6)
+        with pytest.raises(ValueError, match="opposite directions.*alphas 0 and 1"):
+            m.interpolate(ea, other, [0.0, 0.5])
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\]"):
+        m.interpolate(np.stack([ea, ea]), np.stack([eb, -ea]), 0.3)
+    nearby = -ea + rng.normal(size=m.dim).astype(np.float32) * 0.002  # cos about -0.9992: a real path
+    nb = nearby / np.linalg.norm(nearby)
+    assert -0.9999 < nb @ ea < -0.99
+    mid = m.interpolate(ea, nearby, 0.5)[0]
+    assert abs(np.linalg.norm(mid) - 1) < 1e-5 and abs(mid @ ea - mid @ nb) < 1e-4
+    basis = np.linalg.qr(np.stack([ea, nb], 1).astype(np.float64))[0]  # on the great circle of ea, nb
+    assert np.linalg.norm(mid - basis @ (basis.T @ mid)) < 1e-3
 
     e = m.edit(PROMPTS[0], PROMPTS[1], PROMPTS[2])
     want = ea - eb + m.encode_text(PROMPTS[2])
