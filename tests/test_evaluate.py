@@ -279,7 +279,10 @@ def test_word_probe_reads_the_frozen_tower(seed, tiny_minilm):
     from export.evaluate import PROBE_FAMILIES, word_probe
 
     ev = Evaluator(tiny_minilm.model, tiny_minilm.text)
-    res = word_probe(ev, np.random.default_rng(seed), pool_size=1500, k=10, repeats=1)
+    # pool_size 3000: the stillness share below is a sample of one caption pool. Over 109 pool seeds at
+    # 1500 it was 0.79 +- 0.10 (min 0.52, and one CI-like run fell under 0.5); over 37 at 3000,
+    # 0.89 +- 0.05 (min 0.74). "dwindles" stayed at or under 0.09 at both sizes.
+    res = word_probe(ev, np.random.default_rng(seed), pool_size=3000, k=10, repeats=1)
     want = {(f, v[1]) for f in PROBE_FAMILIES for v in (_VERBS.get(f) or _FIXED[f])}
     assert {(r["family"], r["verb"]) for r in res["rows"]} == want
     assert all(0.0 <= r["tower_agreement"] <= 1.0 and 0.0 <= r["pass_rate"] <= 1.0 for r in res["rows"])
