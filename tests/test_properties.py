@@ -573,7 +573,8 @@ def test_interpolate(model, a, b, alphas, mod):
         cos = (ea * eb).sum(-1)
         inner = np.asarray(alphas, np.float64)
         opposite = bool((cos < -1 + 1e-6).any() and ((inner > 0) & (inner < 1)).any())
-    out, err = outcome("interpolate", api(model, mod).interpolate, a, b, alphas, expect_ok=ok and not opposite)
+    fn = api(model, mod).interpolate
+    out, err = outcome("interpolate", fn, a, b, alphas, expect_ok=ok and not opposite)
     if opposite:
         assert err is not None and "opposite directions" in str(err), f"opposite endpoints gave {out}"
     if out is None:
