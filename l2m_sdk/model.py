@@ -451,8 +451,7 @@ class Model:
         t = V._as_float_array(alphas, "alphas").reshape(-1).astype(np.float64)
         if t.size == 0 or not np.isfinite(t).all() or t.min() < 0.0 or t.max() > 1.0:
             raise ValueError(f"alphas must be one or more numbers in [0, 1], got {np.asarray(alphas)!r}")
-        t = t.astype(np.float32)
-        out = _slerp(ea, eb, t)  # (K, B, D)
+        out = _slerp(ea, eb, t)  # (K, B, D); t stays float64, so a tiny alpha is not read as 0
         return out[:, 0] if ea.shape[0] == 1 else out
 
     def edit(self, a, b, c) -> np.ndarray:
@@ -485,6 +484,6 @@ class Model:
             )
         z = self.encode_motion(traj)
         s = np.broadcast_to(s, z.shape)
-        zs = _slerp(z, np.ascontiguousarray(s), np.array([strength], np.float32), "strength")[0]
+        zs = _slerp(z, np.ascontiguousarray(s), np.array([strength], np.float64), "strength")[0]
         out = self._decode(zs, traj[:, 0], traj.shape[1])
         return out[0] if single else out
