@@ -600,6 +600,8 @@ def test_edit(model, a, b, c, mod):
     out, err = outcome("edit", api(model, mod).edit, a, b, c)
     if ok and err is not None:  # the one valid-input failure: a - b + c is exactly zero
         assert "zero vector" in str(err), f"valid input rejected: {err}"
+        ea, eb, ec = (model._as_embeddings(x, n).astype(np.float64) for x, n in zip((a, b, c), "abc"))
+        assert np.linalg.norm(ea - eb + ec, axis=-1).min() < 1e-6, f"non-zero a - b + c rejected: {err}"
         return
     assert ok == (out is not None), (
         f"expected {'success' if ok else 'an error'}, got {out if err is None else err}"

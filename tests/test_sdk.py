@@ -304,6 +304,16 @@ def test_interpolate_edit_style_transfer(default_model, rng, random_trajectories
     want = ea - eb + m.encode_text(PROMPTS[2])
     np.testing.assert_allclose(e, want / np.linalg.norm(want), atol=1e-6)
     assert e.shape == (m.dim,)
+    # b = a + c exactly (a, c at 120 degrees, so a + c is a unit vector): a - b + c is zero up to the
+    # inputs' float32 rounding, which must raise rather than return a direction made of rounding
+    u = rng.standard_normal((2, m.dim))
+    u[1] -= u[1] @ u[0] / (u[0] @ u[0]) * u[0]
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    a_, c_ = u[0], -0.5 * u[0] + np.sqrt(0.75) * u[1]
+    with pytest.raises(ValueError, match="zero vector"):
+        m.edit(a_.astype(np.float32), (a_ + c_).astype(np.float32), c_.astype(np.float32))
+    tilted = m.edit(a_.astype(np.float32), u[1].astype(np.float32), c_.astype(np.float32))
+    assert np.isfinite(tilted).all() and abs(np.linalg.norm(tilted) - 1) < 1e-5
 
     motion = random_trajectories(rng, 2, 25, 11)
     out = m.style_transfer(motion[0], "zigzag", strength=0.5)
