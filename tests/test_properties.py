@@ -189,10 +189,10 @@ def _fill(rng: np.random.Generator, shape: tuple, dtype, values: str) -> np.ndar
             x[:] = 0
         if values == "extreme" and dt.kind == "f":
             x = rng.choice([np.finfo(dt).max, np.finfo(dt).min, np.finfo(dt).tiny], n)
-        if dt.kind == "c":
-            return (x + 1j * rng.uniform(-1, 1, n)).astype(dt).reshape(shape)
-        if dt.kind == "f":
-            with np.errstate(over="ignore"):
+        with np.errstate(over="ignore"):  # huge SPECIAL_VALUES overflow the narrow dtypes to inf: intended
+            if dt.kind == "c":
+                return (x + 1j * rng.uniform(-1, 1, n)).astype(dt).reshape(shape)
+            if dt.kind == "f":
                 return x.astype(dt).reshape(shape)
     if dt.kind in "iu":
         if values == "extreme":
