@@ -177,12 +177,12 @@ def test_decode_points_scores_a_random_subset_of_the_points(seed):
         want_m = reconstruction(
             model.decoder(z[:5], traj[:5, 0], times)[:, :, pts], traj[:5, :, pts], w.velocity
         )
-    assert float(part["rec_text"]) == pytest.approx(float(want_t), rel=1e-5)
-    assert float(part["rec_motion"]) == pytest.approx(float(want_m), rel=1e-5)
-    assert float(part["infonce"]) == pytest.approx(float(full["infonce"]), rel=1e-6)
+    assert part["rec_text"].item() == pytest.approx(float(want_t), rel=1e-5)
+    assert part["rec_motion"].item() == pytest.approx(float(want_m), rel=1e-5)
+    assert part["infonce"].item() == pytest.approx(full["infonce"].item(), rel=1e-6)
     # a subset's loss is not the full loss: it can land within 1e-3 of it by chance (seed 1125701500
     # did, 0.06% apart), so the check is only that it is not the same number up to float rounding
-    assert float(part["rec_text"]) != pytest.approx(float(full["rec_text"]), rel=1e-6)
+    assert part["rec_text"].item() != pytest.approx(full["rec_text"].item(), rel=1e-6)
 
 
 def test_text_noise_perturbs_only_the_text_reconstruction(seed):
