@@ -87,7 +87,9 @@ def _load_library(path: Path) -> tuple[np.ndarray, list[str]]:
         raise CliError(
             f"{path}: trajectories differ in shape {sorted(shapes)[:4]}; resample them to one T, N"
         )
-    return np.stack([a for _, a in items]).astype(np.float32), [n for n, _ in items]
+    # Stacked in the files' own dtype: the SDK checks the values before it makes them float32, so a
+    # coordinate too large for float32 is reported as too large, not as the inf a cast here would make.
+    return np.stack([a for _, a in items]), [n for n, _ in items]
 
 
 def cmd_generate(args) -> int:
@@ -118,10 +120,8 @@ def cmd_search(args) -> int:
     model = _model(args)
     lib = Path(args.library)
     if lib.suffix == ".npy" and np.load(lib, mmap_mode="r").ndim == 2:
-        gallery, names = (
-            np.load(lib).astype(np.float32),
-            [str(i) for i in range(len(np.load(lib, mmap_mode="r")))],
-        )
+        gallery = np.load(lib, allow_pickle=False)  # validated (and made float32) by search
+        names = [str(i) for i in range(len(gallery))]
     else:
         gallery, names = _load_library(lib)
     idx, scores = model.search(args.query, gallery, k=args.k)

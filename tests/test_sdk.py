@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -578,6 +579,46 @@ def test_cli_library_of_non_real_values_is_rejected(tmp_path, capsys, dtype):
     assert cli_main(["search", "a ball", "--library", str(lib)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "real numbers" in err[0], err
+
+
+@pytest.mark.parametrize("kind", ["folder", "npz"])
+def test_cli_library_beyond_float32_is_reported_as_too_large(tmp_path, capsys, rng, kind):
+    """A float64 library coordinate past float32's range is named as the units mistake it is, not
+    turned into inf (and a RuntimeWarning) by a float32 cast before the SDK's own check."""
+    a = rng.uniform(-0.5, 0.5, (2, 16, 4, 2))
+    a[1, 3, 2, 0] = rng.uniform(1e39, 1e300)
+    if kind == "folder":
+        lib = tmp_path / "lib"
+        lib.mkdir()
+        for i in range(2):
+            np.save(lib / f"m{i}.npy", a[i])
+    else:
+        lib = tmp_path / "lib.npz"
+        np.savez(lib, m0=a[0], m1=a[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert cli_main(["search", "a ball", "--library", str(lib)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "coordinates up to" in err[0], err
+
+
+def test_cli_embedding_library_is_read_as_the_api_reads_it(tmp_path, capsys, rng, default_model):
+    """An (M, D) float64 embedding library goes to search() as it is, like an array passed to the API:
+    a row with a component past float32's range is still a direction (the API scales before it
+    normalises), so the CLI ranks it exactly as model.search does, without a cast to inf."""
+    e = rng.standard_normal((6, default_model.dim))
+    e[2, 5] = rng.uniform(1e39, 1e300)
+    np.save(tmp_path / "emb.npy", e)
+    capsys.readouterr()  # drop the rng fixture's seed line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert (
+            cli_main(["search", "a ball", "--library", str(tmp_path / "emb.npy"), "--json", "-k", "6"]) == 0
+        )
+    rows = json.loads(capsys.readouterr().out)
+    idx, scores = default_model.search("a ball", e, k=6)
+    assert [r["index"] for r in rows] == idx.tolist()
+    np.testing.assert_allclose([r["score"] for r in rows], scores, atol=1e-4)
 
 
 def test_cli_export_runs_the_export_side_as_its_own_program(tmp_path, capsys):
