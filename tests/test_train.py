@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -45,9 +44,7 @@ def _tiny(**kw):
 
 
 def _quiet_train(*args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # float() of a loss that requires grad (train.py)
-        return train(*args, progress=False, **kw)
+    return train(*args, progress=False, **kw)
 
 
 # -- loss terms --------------------------------------------------------------------------------------
@@ -232,7 +229,7 @@ def _twin_term(model, traj, e, twin, keys, w, term: str, weight: float) -> tuple
         plain = compute_losses(model, traj, e, keys, w)
         same = compute_losses(model, traj, e, keys, w, e_twin=e, **{term: weight})
         off = compute_losses(model, traj, e, keys, w, e_twin=twin, **{term: 0.0})
-    assert float(same[term]) < 1e-6 and term not in off
+    assert same[term].item() < 1e-6 and term not in off
     assert torch.equal(off["total"], plain["total"])
     return plain, same, compute_losses(model, traj, e, keys, w, e_twin=twin, **{term: weight})
 
@@ -245,8 +242,9 @@ def test_noun_invariance_pulls_a_caption_toward_its_twin(seed):
     w = LossWeights()
     plain, _, out = _twin_term(model, traj, e, twin, keys, w, "noun_invariance", 2.0)
     want = 1 - (model.adapter(e) * model.adapter(twin)).sum(-1).mean()
-    assert float(out["noun_invariance"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 0.05
-    assert float(out["total"]) == pytest.approx(float(plain["total"] + 2.0 * want), rel=1e-5)
+    want = want.item()
+    assert out["noun_invariance"].item() == pytest.approx(want, rel=1e-5) and want > 0.05
+    assert out["total"].item() == pytest.approx(plain["total"].item() + 2.0 * want, rel=1e-5)
     model.zero_grad()
     out["noun_invariance"].backward()
     assert sum(float(p.grad.abs().sum()) for p in model.adapter.parameters()) > 0
@@ -260,14 +258,15 @@ def test_noun_motion_invariance_compares_the_two_decodings(seed):
     model, traj, e, twin, keys = _twin_batch(seed)
     w = LossWeights()
     plain, same, out = _twin_term(model, traj, e, twin, keys, w, "noun_motion_invariance", 3.0)
-    assert float(same["noun_motion_invariance"]) == 0.0  # the same decoder on the same input: exact
+    assert same["noun_motion_invariance"].item() == 0.0  # the same decoder on the same input: exact
     times, init = L2M.times(16), traj[:, 0]
     with torch.no_grad():
         a = model.decoder(model.adapter(e), init, times)
         b = model.decoder(model.adapter(twin), init, times)
     want = reconstruction(a, b, w.velocity)
-    assert float(out["noun_motion_invariance"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 1e-3
-    assert float(out["total"]) == pytest.approx(float(plain["total"] + 3.0 * want), rel=1e-5)
+    want = want.item()
+    assert out["noun_motion_invariance"].item() == pytest.approx(want, rel=1e-5) and want > 1e-3
+    assert out["total"].item() == pytest.approx(plain["total"].item() + 3.0 * want, rel=1e-5)
     model.zero_grad()
     out["noun_motion_invariance"].backward()
     for name in ("adapter", "decoder"):
@@ -382,7 +381,7 @@ def test_attention_pool_stage_starts_from_a_mean_pooled_run(seed, tmp_path, cach
     res = _quiet_train(cfg, tmp_path / "attn", cache_dir=cache_dir)
     trained = load_weights(tmp_path / "attn" / "model.safetensors")
     assert trained.cfg.text_pool == "attention"
-    assert float(trained.pool.score.weight.abs().max()) > 1e-3
+    assert trained.pool.score.weight.abs().max().item() > 1e-3
     with torch.no_grad():
         after = Evaluator(trained, enc).text(caps)
     assert float((after - before).abs().max()) > 1e-3
@@ -409,8 +408,8 @@ def test_pool_frozen_steps_keep_the_mean_pooling_then_train_the_pool(seed, tmp_p
     assert all(torch.equal(init[k], pool[k]) for k in init)
     res = _quiet_train(cfg, tmp_path / "run", cache_dir=cache_dir, resume=True)
     assert [h["step"] for h in res["history"]] == [5, 6, 7, 8]
-    assert float(res["model"].pool.score.weight.abs().max()) > 1e-4
-    assert float(res["model"].pool.token_fc2.weight.abs().max()) > 1e-4
+    assert res["model"].pool.score.weight.abs().max().item() > 1e-4
+    assert res["model"].pool.token_fc2.weight.abs().max().item() > 1e-4
     with pytest.raises(ValueError, match="text_pool is 'mean'"):
         _quiet_train(_tiny(steps=1, pool_frozen_steps=1, **small), tmp_path / "mean", cache_dir=cache_dir)
     with pytest.raises(ValueError, match="step count >= 0"):
