@@ -42,7 +42,8 @@ def _slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray, what: str = "alphas") ->
     """Spherical interpolation between unit rows a (B, D), b (B, D) at t (K,) -> (K, B, D) float32,
     computed in float64. Opposite rows (cosine within 1e-6 of -1) have no unique path between them,
     and float32 rounding alone would pick its direction: ValueError for any t strictly inside
-    (0, 1); t = 0 and t = 1 still give a and b."""
+    (0, 1); t = 0 and t = 1 still give a and b (the linear branch when sin(omega) is 0, else the slerp
+    formula, whose weights are then exactly 1 and 0)."""
     a64, b64, t64 = a.astype(np.float64), b.astype(np.float64), np.asarray(t, np.float64)
     dot = np.clip((a64 * b64).sum(-1), -1.0, 1.0)  # (B,)
     opposite = dot < -1.0 + 1e-6
@@ -61,8 +62,6 @@ def _slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray, what: str = "alphas") ->
         sl = (np.sin((1 - t3) * om[:, None]) * a64 + np.sin(t3 * om[:, None]) * b64) / so[:, None]
         out = np.where((so < 1e-6)[None, :, None], lin, sl)
         out = out / np.linalg.norm(out, axis=-1, keepdims=True)
-    if opposite.any():  # only t in {0, 1} reach here: the endpoints themselves
-        out[:, opposite] = np.where((t64 == 0)[:, None, None], a64[opposite], b64[opposite])
     return out.astype(np.float32)
 
 

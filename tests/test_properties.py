@@ -557,6 +557,11 @@ def alphas_ok(x) -> bool:
     return bool(np.isfinite(f).all() and f.min() >= 0 and f.max() <= 1)
 
 
+def _emb64(model, *args) -> list[np.ndarray]:
+    """Each argument as the model reads it (text, embedding or motion -> unit rows), in float64."""
+    return [model._as_embeddings(x, "x").astype(np.float64) for x in args]
+
+
 @settings(max_examples=EXPECTED["interpolate"], **SETTINGS)
 @given(
     a=either(good_single, latent_arg),
@@ -569,7 +574,7 @@ def test_interpolate(model, a, b, alphas, mod):
     ok = ka is not None and kb is not None and alphas_ok(alphas) and batch_of(a) == batch_of(b)
     opposite = False
     if ok:  # the one valid-input failure: a and b opposite (cosine -1) with an alpha inside (0, 1)
-        ea, eb = (model._as_embeddings(x, n).astype(np.float64) for x, n in ((a, "a"), (b, "b")))
+        ea, eb = _emb64(model, a, b)
         cos = (ea * eb).sum(-1)
         inner = np.asarray(alphas, np.float64)
         opposite = bool((cos < -1 + 1e-6).any() and ((inner > 0) & (inner < 1)).any())
@@ -600,7 +605,7 @@ def test_edit(model, a, b, c, mod):
     out, err = outcome("edit", api(model, mod).edit, a, b, c)
     if ok and err is not None:  # the one valid-input failure: a - b + c is exactly zero
         assert "zero vector" in str(err), f"valid input rejected: {err}"
-        ea, eb, ec = (model._as_embeddings(x, n).astype(np.float64) for x, n in zip((a, b, c), "abc"))
+        ea, eb, ec = _emb64(model, a, b, c)
         assert np.linalg.norm(ea - eb + ec, axis=-1).min() < 1e-6, f"non-zero a - b + c rejected: {err}"
         return
     assert ok == (out is not None), (
