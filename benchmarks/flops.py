@@ -60,11 +60,12 @@ def text_flops(
     adapter_hidden: int = 0,
     attention_pool: bool = False,
     pool_hidden: int = 0,
+    depth: int = 0,
 ) -> int:
     """Text tower (+ l2m's residual adapter when adapter_hidden > 0, + its attention pooling's token
     scores when attention_pool, + the pool's per-token MLP when pool_hidden > 0) for a (batch, tokens)
-    id matrix."""
-    f = tower.layers * _block(tokens, tower.width, tower.ff)
+    id matrix; with depth > 0 only the tower's first `depth` layers run (the pool reads them)."""
+    f = (depth or tower.layers) * _block(tokens, tower.width, tower.ff)
     if attention_pool:
         f += 2 * tokens * tower.width + 2 * 2 * tokens * tower.width * pool_hidden
     if tower.read_at_one_token:
@@ -83,6 +84,7 @@ def bundle_text_flops(cfg: dict, batch: int, tokens: int) -> int:
         cfg.get("adapter_hidden", 0),
         cfg.get("text_pool") == "attention",
         cfg.get("pool_hidden", 0),
+        cfg.get("text_depth", 0),
     )
 
 

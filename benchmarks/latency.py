@@ -322,7 +322,7 @@ class Bench:
 
         torch.set_num_threads(threads)
         l2m = load_weights(model.bundle.path / "model.safetensors")
-        tg = TextGraph(load_minilm(), l2m.adapter, l2m.pool).eval()
+        tg = TextGraph(load_minilm(), l2m.adapter, l2m.pool, l2m.cfg.text_depth).eval()
         rng = np.random.default_rng()
         ps = [S.PROMPTS[int(i)] for i in rng.choice(len(S.PROMPTS), 4, replace=False)]
         b = model.tokenizer.encode(ps)

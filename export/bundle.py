@@ -81,7 +81,8 @@ def write_bundle(
         ort_graphs = {role: f.replace(".onnx", ".ort.onnx") for role, f in graphs.items()}
         export_encoder(model, tmp / graphs["motion_encoder"])
         export_decoder(model, tmp / graphs["motion_decoder"])
-        export_text(enc.tower, model.adapter, tmp / graphs["text"], enc.tower.max_tokens, model.pool)
+        text_args = (enc.tower.max_tokens, model.pool, model.cfg.text_depth)
+        export_text(enc.tower, model.adapter, tmp / graphs["text"], *text_args)
         for role in graphs:
             fuse_file(tmp / graphs[role], tmp / ort_graphs[role])
         prefix = {"motion_encoder": "encoder.", "motion_decoder": "decoder.", "text": ""}

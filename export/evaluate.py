@@ -69,7 +69,8 @@ class Evaluator:
         out = []
         for i in range(0, len(texts), 256):
             ids, mask = self.enc.tokenize(texts[i : i + 256])
-            out.append(self.model.pool(self.enc.tower.token_states(ids, mask), mask))
+            x = self.enc.tower.token_states(ids, mask, self.model.cfg.text_depth)
+            out.append(self.model.pool(x, mask))
         return self.model.adapter(torch.cat(out)) if out else torch.zeros(0, self.model.cfg.dim)
 
     @torch.inference_mode()

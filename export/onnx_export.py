@@ -27,18 +27,23 @@ OPSET = 18
 class TextGraph(nn.Module):
     """Frozen tower followed by the trained adapter: (ids, mask) -> (B, D) unit rows. With `pool` (a
     model whose text_pool is "attention") the tower's token states go through it instead of the tower's
-    own mean pooling."""
+    own mean pooling, taken after the tower's first `depth` layers (0: all; the rest are left out of
+    the graph)."""
 
-    def __init__(self, tower: nn.Module, adapter: TextAdapter, pool: TextPool | None = None):
+    def __init__(self, tower: nn.Module, adapter: TextAdapter, pool: TextPool | None = None, depth: int = 0):
         super().__init__()
+        if depth and pool is None:
+            raise ValueError(f"depth={depth} needs an attention pool (mean pooling reads the last layer)")
         self.tower = tower
         self.adapter = adapter
         self.pool = pool
+        self.depth = depth
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pool is None:
             return self.adapter(self.tower(input_ids, attention_mask))
-        return self.adapter(self.pool(self.tower.token_states(input_ids, attention_mask), attention_mask))
+        x = self.tower.token_states(input_ids, attention_mask, self.depth)
+        return self.adapter(self.pool(x, attention_mask))
 
 
 def _export(
@@ -100,7 +105,12 @@ def _check_dynamic(m: onnx.ModelProto, path: Path) -> None:
 
 
 def export_text(
-    tower: nn.Module, adapter: TextAdapter, path: Path, max_tokens: int, pool: TextPool | None = None
+    tower: nn.Module,
+    adapter: TextAdapter,
+    path: Path,
+    max_tokens: int,
+    pool: TextPool | None = None,
+    depth: int = 0,
 ) -> Path:
     Dim = torch.export.Dim
     batch, tokens = Dim("batch", min=1, max=4096), Dim("tokens", min=1, max=max_tokens)
@@ -109,7 +119,7 @@ def export_text(
     mask = torch.ones_like(ids)
     dyn = ({0: batch, 1: tokens}, {0: batch, 1: tokens})
     return _export(
-        TextGraph(tower, adapter, pool),
+        TextGraph(tower, adapter, pool, depth),
         (ids, mask),
         path,
         ["input_ids", "attention_mask"],

@@ -111,8 +111,14 @@ class MiniLMTower(nn.Module):
         pooled = (x * m[..., None]).sum(1) / torch.clamp(m.sum(1, keepdim=True), min=1e-9)
         return F.normalize(pooled, dim=-1)
 
-    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The last layer's hidden states (B, L, D) before pooling (what export.model.TextPool reads)."""
+    def token_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, depth: int = 0
+    ) -> torch.Tensor:
+        """Hidden states (B, L, D) after the first `depth` layers (0: all, the last layer's), before
+        pooling: what export.model.TextPool reads. Layers past `depth` are not run."""
+        layers = self.encoder.layer
+        if not 0 <= depth <= len(layers):
+            raise ValueError(f"depth is a layer count in 0..{len(layers)} (0: all), got {depth}")
         L = input_ids.shape[1]
         e = self.embeddings
         pos = torch.arange(L, dtype=torch.long)
@@ -124,7 +130,7 @@ class MiniLMTower(nn.Module):
         x = e.LayerNorm(x)
         m = attention_mask.to(x.dtype)
         bias = ((1.0 - m) * -1e4)[:, None, None, :]
-        for layer in self.encoder.layer:
+        for layer in layers[: depth or len(layers)]:
             x = layer(x, bias)
         return x
 
@@ -298,10 +304,10 @@ class TextEncoder:
 
     @torch.inference_mode()
     def encode_states(
-        self, texts: list[str], batch_size: int = 256, progress: bool = False
+        self, texts: list[str], batch_size: int = 256, progress: bool = False, depth: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token states (P, L, D) float16 and mask (P, L) uint8 for export.model.TextPool, L = the longest
-        caption; MiniLM only (a CLIP tower pools inside itself)."""
+        """Token states (P, L, D) float16 after `depth` layers (0: all) and mask (P, L) uint8 for
+        export.model.TextPool, L = the longest caption; MiniLM only (a CLIP tower pools inside itself)."""
         if not hasattr(self.tower, "token_states"):
             raise ValueError(f"tower {self.spec!r} has no token states to pool; use text_pool='mean'")
         xs, ms = [], []
@@ -312,7 +318,7 @@ class TextEncoder:
             rng = tqdm(rng, desc=f"token states ({self.spec})", unit="batch")
         for i in rng:
             ids, mask = self.tokenize(texts[i : i + batch_size])
-            xs.append(self.tower.token_states(ids, mask).half())
+            xs.append(self.tower.token_states(ids, mask, depth).half())
             ms.append(mask.to(torch.uint8))
         L = max((x.shape[1] for x in xs), default=1)
         x = (

@@ -265,6 +265,12 @@ PRESETS = {
     # wall-clock (AMD EPYC, 9.0 GB): property 0.913 / 0.881 / 0.894 (mean 0.896), "pull together" 0.98
     # and "frozen in place" 0.78 but "ballooning" 0.00 and "a puddle expanding outward" fails: not shipped.
     "default-hour-v4-pool90k": _from_scratch(**_HOUR_V4, pool_size=90000),
+    # default-hour-cur with the attention pool reading MiniLM's token states after its 4th of 6 layers
+    # (text_depth): a linear probe from training to held-out captions reads the held-out verbs' families
+    # better there (0.87 against 0.72 at the last layer), and the text graph runs 4 layers instead of 6.
+    "default-hour-l4": _from_scratch(
+        steps=7000, model={"point_hidden": 32, "text_depth": 4}, pool_frozen_steps=4000
+    ),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
         steps=40,
@@ -298,16 +304,18 @@ def pool_embeddings(enc: TextEncoder, captions: list[str], cache_dir: Path) -> n
 
 
 def pool_token_states(
-    enc: TextEncoder, captions: list[str], cache_dir: Path
+    enc: TextEncoder, captions: list[str], cache_dir: Path, depth: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen-tower token states (P, L, D) float16 and masks (P, L) of every caption, for a model whose
-    text_pool is "attention"; cached like pool_embeddings (~0.7 GB for 30,000 captions)."""
+    """Frozen-tower token states (P, L, D) float16 after `depth` layers (0: all) and masks (P, L) of
+    every caption, for a model whose text_pool is "attention"; cached like pool_embeddings (~0.7 GB for
+    30,000 captions)."""
     h = hashlib.sha256(("\n".join(captions) + enc.spec).encode()).hexdigest()[:16]
-    path = cache_dir / f"states-{enc.spec.replace(':', '_').replace('/', '_')}-{h}.npz"
+    layers = f"-depth{depth}" if depth else ""  # depth 0 keeps the name caches were written under
+    path = cache_dir / f"states-{enc.spec.replace(':', '_').replace('/', '_')}-{h}{layers}.npz"
     if path.exists():
         with np.load(path) as f:
             return torch.from_numpy(f["states"]), torch.from_numpy(f["mask"])
-    x, m = enc.encode_states(captions, progress=len(captions) > 2000)
+    x, m = enc.encode_states(captions, progress=len(captions) > 2000, depth=depth)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, states=x.numpy(), mask=m.numpy())
@@ -319,10 +327,12 @@ class _PoolText:
     """The text input of a training batch: cached pooled embeddings (text_pool "mean") or cached token
     states pooled by the model's TextPool (gradients reach it)."""
 
-    def __init__(self, enc: TextEncoder, captions: list[str], cache_dir: Path, attention: bool):
+    def __init__(
+        self, enc: TextEncoder, captions: list[str], cache_dir: Path, attention: bool, depth: int = 0
+    ):
         self.attention = attention
         if attention:
-            self.states, self.mask = pool_token_states(enc, captions, cache_dir)
+            self.states, self.mask = pool_token_states(enc, captions, cache_dir, depth)
         else:
             self.emb = torch.from_numpy(pool_embeddings(enc, captions, cache_dir))
 
@@ -448,8 +458,9 @@ def train(
             "pool_frozen_steps freezes the attention text pool; this model's text_pool is 'mean' "
             "(set model={'text_pool': 'attention'} or pool_frozen_steps=0)"
         )
-    emb = _PoolText(enc, pool.captions, cache_dir, attention)
-    emb_twin = _PoolText(enc, pool.twins, cache_dir, attention) if twin else None
+    depth = mcfg.text_depth
+    emb = _PoolText(enc, pool.captions, cache_dir, attention, depth)
+    emb_twin = _PoolText(enc, pool.twins, cache_dir, attention, depth) if twin else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     ema: dict[str, torch.Tensor] | None = None  # float64 shadow of model.state_dict() once started

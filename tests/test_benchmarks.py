@@ -81,6 +81,8 @@ def test_analytic_flops_equal_torch_flop_counter(rng):
     pool = TextPool(16, hidden=12)
     got = _count(lambda: adapter(pool(tower.token_states(ids, mask), mask)))
     assert got == F.text_flops(t, B, L, cfg.adapter_hidden, attention_pool=True, pool_hidden=12)
+    got = _count(lambda: adapter(pool(tower.token_states(ids, mask, 1), mask)))
+    assert got == F.text_flops(t, B, L, cfg.adapter_hidden, attention_pool=True, pool_hidden=12, depth=1)
 
 
 def test_check_close_records_and_raises(rng):

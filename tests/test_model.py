@@ -268,6 +268,10 @@ def test_text_pool_config_is_checked():
         L2M(ModelConfig(**SMALL, pool_hidden=8))
     with pytest.raises(ValueError, match="pool_hidden must be >= 0"):
         TextPool(24, hidden=-1)
+    assert L2M(ModelConfig(**SMALL, text_pool="attention", text_depth=4)).cfg.text_depth == 4
+    for bad in (dict(text_depth=4), dict(text_pool="attention", text_depth=-1)):
+        with pytest.raises(ValueError, match="a count of tower layers"):
+            L2M(ModelConfig(**SMALL, **bad))
 
 
 def test_times_span_unit_interval():

@@ -17,6 +17,7 @@ The largest difference per graph is printed in the terminal summary (conftest.py
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,11 +283,13 @@ def test_clip_b32_text_and_cut_at_eot(b32_text, B, rng, check):
         check(f"clip-ViT-B-32/text_cut_onnx_vs_77_torch[B={B},L={L}]", got, ref_full, EOT_ATOL)
 
 
-@pytest.mark.parametrize("pool_hidden", [0, 16])
-def test_text_attention_pool(tmp_path, rng, check, randomize, pool_hidden):
+@pytest.mark.parametrize(("pool_hidden", "depth"), [(0, 0), (16, 0), (16, 1)])
+def test_text_attention_pool(tmp_path, rng, check, randomize, pool_hidden, depth):
     """A model with text_pool="attention" (the pool's token scores random, not the zero start that equals
     mean pooling; with pool_hidden, its per-token MLP random too) exports a text graph equal to torch,
-    rows of mixed lengths padded to the longest: padding gets no weight in either."""
+    rows of mixed lengths padded to the longest: padding gets no weight in either. With text_depth 1 the
+    pool reads the first of the tower's two layers, and the graph leaves the second one out."""
+    import onnx
     import onnxruntime as ort
 
     from export.model import L2M, ModelConfig
@@ -295,7 +298,8 @@ def test_text_attention_pool(tmp_path, rng, check, randomize, pool_hidden):
 
     tower = MiniLMTower(vocab=BERT_VOCAB, w=32, layers=2, heads=2, ff=64).eval()
     model = L2M(ModelConfig(dim=32, width=32, enc_layers=1, dec_layers=1, heads=2, ff=64, point_hidden=16,
-                            adapter_hidden=16, text_pool="attention", pool_hidden=pool_hidden))  # fmt: skip
+                            adapter_hidden=16, text_pool="attention", pool_hidden=pool_hidden,
+                            text_depth=depth))  # fmt: skip
     randomize(tower, rng, 0.1)
     # LayerNorm gains near 1, as in a trained tower: with gains of order 0.1 the token states come out nearly
     # alike (spread ~4% of their norm), any pooling gives about the mean, and the check below failed.
@@ -304,17 +308,24 @@ def test_text_attention_pool(tmp_path, rng, check, randomize, pool_hidden):
             ln.weight.add_(1.0)
     randomize(model, rng, 0.3)
     randomize(model.pool.score, rng, 0.5)  # token scores spread by 2-3 on these states: far from uniform
-    path = export_text(tower, model.adapter.eval(), tmp_path / "text.onnx", 64, model.pool.eval())
+    path = export_text(tower, model.adapter.eval(), tmp_path / "text.onnx", 64, model.pool.eval(), depth)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     lengths = [int(rng.integers(20, 40)), *rng.integers(1, 20, 4).tolist()]
     ids, mask = random_ids(rng, "minilm", lengths)
     got = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
     with torch.no_grad():
-        graph = TextGraph(tower, model.adapter, model.pool).eval()
+        graph = TextGraph(tower, model.adapter, model.pool, depth).eval()
         want = graph(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
         mean = model.adapter(tower(torch.from_numpy(ids), torch.from_numpy(mask))).numpy()
+        last = TextGraph(tower, model.adapter, model.pool).eval()(*map(torch.from_numpy, (ids, mask)))
     check("attention-pool/text", got, want, EMB_ATOL)
     assert np.abs(want - mean).max() > 1e-3, "random token scores should pool differently from the mean"
+    # which of the tower's layers the graph holds (its weights are named ...encoder.layer.<i>...)
+    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.initializer]
+    layer_weights = {m.group(1) for m in map(re.compile(r"encoder\.layer\.(\d+)\.").search, names) if m}
+    assert layer_weights == ({"0"} if depth else {"0", "1"}), layer_weights
+    if depth:
+        assert np.abs(want - last.numpy()).max() > 1e-3, "the first layer's states should pool differently"
     # the same rows padded further: padding is inert in the exported graph too
     got_padded = sess.run(None, dict(zip(("input_ids", "attention_mask"), padded(ids, mask, 56))))[0]
     check("attention-pool/text-padded", got_padded, want, EMB_ATOL)

@@ -121,3 +121,29 @@ def test_minilm_matches_sentence_transformers(monkeypatch):
     print(f"minilm: max |ours - sentence-transformers| = {diff:.3g}")
     assert enc.dim == 384 and got.shape == (len(texts), 384)
     assert diff <= MINILM_TOL
+
+
+def test_minilm_token_states_at_a_depth(monkeypatch):
+    """token_states(depth=k) is the BERT hidden state after k layers (transformers' hidden_states[k]) on
+    every real token, padded batch included; depth 0 is the last layer's; other depths are refused."""
+    transformers = pytest.importorskip("transformers")
+    from export.text_towers import minilm_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ref_model = transformers.AutoModel.from_pretrained(str(minilm_dir())).eval()
+    enc = TextEncoder("minilm")
+    ids, mask = enc.tokenize(TEXTS)
+    with torch.no_grad():
+        ref = ref_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        real = mask.bool()
+        for depth in (1, 4, 6):
+            got = enc.tower.token_states(ids, mask, depth)
+            diff = float((got - ref[depth])[real].abs().max())
+            print(f"minilm depth {depth}: max |ours - transformers| = {diff:.3g}")
+            assert diff <= MINILM_TOL * 10  # hidden states are not unit rows: norms of ~5-10
+        assert torch.equal(enc.tower.token_states(ids, mask), enc.tower.token_states(ids, mask, 6))
+        x4, m4 = enc.encode_states(TEXTS[:2], depth=4)
+        assert torch.allclose(x4[0, : int(m4[0].sum())].float(), ref[4][0, : int(m4[0].sum())], atol=0.02)
+    for bad in (-1, 7):
+        with pytest.raises(ValueError, match=r"layer count in 0\.\.6"):
+            enc.tower.token_states(ids, mask, bad)

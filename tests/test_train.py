@@ -416,6 +416,33 @@ def test_pool_frozen_steps_keep_the_mean_pooling_then_train_the_pool(seed, tmp_p
         _quiet_train(_tiny(steps=1, pool_frozen_steps=-1, **small), tmp_path / "neg", cache_dir=cache_dir)
 
 
+def test_text_depth_trains_the_pool_on_that_layer(seed, tmp_path, cache_dir):
+    """text_depth=2: the cached token states are the tower's after 2 of its 6 layers (their own cache
+    file), and the trained model's text embedding is its pool over those states, not over the last
+    layer's, in training and in the evaluator alike."""
+    from export.evaluate import Evaluator
+    from export.text_towers import TextEncoder
+
+    small = dict(batch=8, max_points_per_batch=8 * 16, pool_size=64, lr=3e-3, warmup=1, seed=seed)
+    model = {**PRESETS["tiny"].model, "text_pool": "attention", "text_depth": 2}
+    res = _quiet_train(_tiny(steps=3, model=model, **small), tmp_path / "run", cache_dir=cache_dir)
+    states = [p for p in cache_dir.iterdir() if p.name.startswith("states-minilm-") and "-depth2" in p.name]
+    assert len(states) == 1
+    enc = TextEncoder("minilm")
+    trained = res["model"].eval()
+    caps = ["a dial dwindles slowly", "the kite drifts to the top left corner"]
+    ids, mask = enc.tokenize(caps)
+    with torch.no_grad():
+        want = trained.adapter(trained.pool(enc.tower.token_states(ids, mask, 2), mask))
+        last = trained.adapter(trained.pool(enc.tower.token_states(ids, mask), mask))
+        got = Evaluator(trained, enc).text(caps)
+    assert float((got - want).abs().max()) < 1e-6
+    assert float((got - last).abs().max()) > 1e-2
+    with np.load(states[0]) as f:  # the cache holds depth-2 states of the pool's captions
+        x, m = f["states"], f["mask"]
+    assert x.dtype == np.float16 and x.shape[-1] == 384 and m.shape == x.shape[:2]
+
+
 def test_short_training_lowers_the_loss(seed, tmp_path, cache_dir, monkeypatch):
     """50 steps of the tiny preset with N=16 and T=30 fixed (the preset draws N and T per step; fixing
     them keeps the loss's step-to-step spread about the motions, not the batch shape). On a fixed batch
