@@ -73,7 +73,7 @@ def prompts(n: int = 64) -> list[str]:
 def clip_model_config(default_model: dict) -> dict:
     """The CLIP configuration timed beside the default one: the default model's sizes on CLIP's tower.
     CLIP pools at its end-of-text token, so the default's attention pooling over MiniLM's token states
-    (and its per-token MLP) has no counterpart there."""
+    (its per-token MLP, the tower depth it reads) has no counterpart there."""
     return {
         **default_model,
         "dim": 512,
@@ -81,6 +81,7 @@ def clip_model_config(default_model: dict) -> dict:
         "decoder": "nar",
         "text_pool": "mean",
         "pool_hidden": 0,
+        "text_depth": 0,
     }
 
 

@@ -481,6 +481,78 @@ def word_probe(
     return {"k": k, "gallery": int(len(caps)), "nouns": nouns, "rows": rows, "summary": summary}
 
 
+def layer_probe(
+    enc: TextEncoder, rng: np.random.Generator, n_train: int = 12000, n_test: int = 3000, ridge: float = 10.0
+) -> dict:
+    """Which of the frozen tower's layers tells the held-out phrasings' families apart?
+
+    Single-family training captions (every family; rotations labelled with their sense) and held-out
+    captions of the families the property checks read through unseen verbs (still, grow, shrink, rotate
+    in each sense) are embedded as the masked mean of each layer's token states; a ridge classifier
+    (features standardised, one-vs-rest targets +-1) fitted on the training captions labels the
+    held-out ones. `accuracy` is over all held-out captions, `by_phrase` over those containing each
+    held-out phrasing. Nothing is trained but the probe: what it reads, a model's pool can read
+    (model option text_depth)."""
+    spec_of = [{"family": "still"}, {"family": "grow"}, {"family": "shrink"}]
+    spec_of += [{"family": "rotate", "sense": s} for s in ("cw", "ccw")]
+    train_specs = [sample_spec(rng, compose=False) for _ in range(n_train)]
+    train_caps = [write_caption(s, rng) for s in train_specs]
+    test_specs = [spec_of[i % len(spec_of)] for i in range(n_test)]
+    test_caps = [write_caption(s, rng, held_out=True) for s in test_specs]
+
+    def label(spec: dict) -> str:
+        return spec["family"] + (f"_{spec['sense']}" if spec["family"] == "rotate" else "")
+
+    labels = sorted({label(s) for s in train_specs} | {label(s) for s in test_specs})
+    y_train = np.array([labels.index(label(s)) for s in train_specs])
+    y_test = np.array([labels.index(label(s)) for s in test_specs])
+
+    @torch.inference_mode()
+    def features(caps: list[str]) -> np.ndarray:  # (layers + 1, P, D)
+        out = []
+        for i in range(0, len(caps), 256):
+            ids, mask = enc.tokenize(caps[i : i + 256])
+            m = mask.float()[..., None]
+            hs = enc.tower.hidden_states(ids, mask)
+            out.append(np.stack([((h * m).sum(1) / m.sum(1)).numpy() for h in hs]))
+        return np.concatenate(out, 1)
+
+    f_train, f_test = features(train_caps), features(test_caps)
+    phrases = {
+        "dwindles": "dwindl",
+        "pulls together": "pull",
+        "balloons": "balloon",
+        "expands outward": "expand",
+        "is frozen in place": "frozen",
+        "stays perfectly still": "perfectly still",
+        "pivots": "pivot",
+        "turns": "turn",
+    }
+    rows = []
+    targets = np.eye(len(labels))[y_train] * 2 - 1
+    for depth in range(len(f_train)):
+        mu, sd = f_train[depth].mean(0), f_train[depth].std(0) + 1e-6
+        a = np.c_[(f_train[depth] - mu) / sd, np.ones(n_train)]
+        b = np.c_[(f_test[depth] - mu) / sd, np.ones(n_test)]
+        w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ targets)
+        ok = (b @ w).argmax(1) == y_test
+        by = {}
+        for name, stem in phrases.items():
+            sel = np.array([stem in c for c in test_caps])
+            by[name] = float(ok[sel].mean()) if sel.any() else None
+        rows.append({"depth": depth, "accuracy": float(ok.mean()), "by_phrase": by})
+    return {"n_train": n_train, "n_test": n_test, "labels": labels, "rows": rows}
+
+
+def print_layer_probe(res: dict) -> None:
+    names = list(res["rows"][0]["by_phrase"])
+    print("| layers run | held-out accuracy | " + " | ".join(names) + " |")
+    print("| ---: | ---: | " + " | ".join("---:" for _ in names) + " |")
+    for r in res["rows"]:
+        cells = " | ".join("-" if v is None else f"{v:.2f}" for v in r["by_phrase"].values())
+        print(f"| {r['depth']} | {r['accuracy']:.2f} | {cells} |")
+
+
 def print_word_probe(res: dict) -> None:
     print(f"| family | verb | held out | tower agreement (k={res['k']}) | pass rate |")
     print("| --- | --- | --- | ---: | ---: |")
@@ -520,12 +592,26 @@ def main(argv: list[str] | None = None) -> None:
         "family?); writes word_probe.json beside the weights",
     )
     ap.add_argument(
+        "--probe-layers",
+        action="store_true",
+        help="only the frozen tower's layer probe (which layer's token states tell held-out phrasings' "
+        "families apart; no weights read); writes layer_probe.json (or --out)",
+    )
+    ap.add_argument(
         "--by-phrase",
         action="store_true",
         help="with --weights: only the property checks grouped by the held-out phrases of each caption "
         "(--per-kind captions per kind, three draws from --seed); writes by_phrase.json beside the weights",
     )
     args = ap.parse_args(argv)
+    if args.probe_layers:
+        torch.set_num_threads(2)
+        res = layer_probe(TextEncoder("minilm"), np.random.default_rng(args.seed))
+        out = Path(args.out or "layer_probe.json")
+        out.write_text(json.dumps(res, indent=1))
+        print_layer_probe(res)
+        print(f"wrote {out}")
+        return
     if args.by_phrase:
         if args.bundle or args.probe_words:
             ap.error("--by-phrase needs --weights and runs alone")

@@ -116,9 +116,15 @@ class MiniLMTower(nn.Module):
     ) -> torch.Tensor:
         """Hidden states (B, L, D) after the first `depth` layers (0: all, the last layer's), before
         pooling: what export.model.TextPool reads. Layers past `depth` are not run."""
-        layers = self.encoder.layer
-        if not 0 <= depth <= len(layers):
-            raise ValueError(f"depth is a layer count in 0..{len(layers)} (0: all), got {depth}")
+        n = len(self.encoder.layer)
+        if not 0 <= depth <= n:
+            raise ValueError(f"depth is a layer count in 0..{n} (0: all), got {depth}")
+        return self.hidden_states(input_ids, attention_mask, depth or n)[-1]
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, depth: int | None = None
+    ) -> list[torch.Tensor]:
+        """[embeddings, after layer 1, ..., after layer `depth`] (each (B, L, D); depth None: all)."""
         L = input_ids.shape[1]
         e = self.embeddings
         pos = torch.arange(L, dtype=torch.long)
@@ -130,9 +136,11 @@ class MiniLMTower(nn.Module):
         x = e.LayerNorm(x)
         m = attention_mask.to(x.dtype)
         bias = ((1.0 - m) * -1e4)[:, None, None, :]
-        for layer in layers[: depth or len(layers)]:
+        out = [x]
+        for layer in self.encoder.layer[:depth]:
             x = layer(x, bias)
-        return x
+            out.append(x)
+        return out
 
 
 def minilm_dir() -> Path:

@@ -271,6 +271,24 @@ def test_bundle_evaluator_measures_what_the_torch_one_does(seed, tiny_minilm):
     assert names == [list(labels)[k] for k in p.argmax(1)]
 
 
+def test_layer_probe_reads_held_out_phrasings_best_mid_tower(seed):
+    """The layer probe covers the embeddings and each of MiniLM's 6 layers, and measures the real tower:
+    held-out captions are labelled better from a middle layer (3 or 4) than from the last, whose
+    mean-pooled states the tower's sentence embedding is (what text_depth rests on), and "dwindles"
+    is read at no layer."""
+    from export.evaluate import layer_probe
+    from export.text_towers import TextEncoder
+
+    res = layer_probe(TextEncoder("minilm"), np.random.default_rng(seed), n_train=3000, n_test=600)
+    acc = [r["accuracy"] for r in res["rows"]]
+    print("layer probe accuracy by depth:", [round(a, 3) for a in acc])
+    assert [r["depth"] for r in res["rows"]] == list(range(7))
+    assert "still" in res["labels"] and "rotate_cw" in res["labels"]
+    assert max(acc[3], acc[4]) >= acc[6] + 0.05
+    dwindles = [r["by_phrase"]["dwindles"] for r in res["rows"]]
+    assert all(d is not None and d < 0.5 for d in dwindles), dwindles
+
+
 def test_word_probe_reads_the_frozen_tower(seed, tiny_minilm):
     """The held-out word probe covers every verb of the probed families, leaves the verb's own captions
     out of the gallery, and measures the real MiniLM tower: a plain stillness phrase lands among still

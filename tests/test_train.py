@@ -318,6 +318,8 @@ def test_one_run_presets_change_only_what_they_say():
     stated["default-hour-v4"] = {**stated["default-hour-cur"], "caption_vocab": 4}
     stated["default-hour-v4-pool90k"] = {**stated["default-hour-v4"], "pool_size": 90000}
     stated["default-hour-10k"] = {**stated["default-hour-cur"], "steps": 10000, "pool_frozen_steps": 5700}
+    cur_model = stated["default-hour-cur"]["model"]
+    stated["default-hour-l4"] = {**stated["default-hour-cur"], "model": {**cur_model, "text_depth": 4}}
     for name, change in stated.items():
         cfg = dataclasses.asdict(PRESETS[name])
         assert {k: v for k, v in cfg.items() if base[k] != v} == change, name
