@@ -161,12 +161,13 @@ def padded(ids: np.ndarray, mask: np.ndarray, L: int) -> tuple[np.ndarray, np.nd
 
 
 def torch_text(g: Graphs, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The export side's text path: tower, then the model's attention pooling when it has one (else the
-    tower's own pooling), then the adapter."""
+    """The export side's text path: tower (its first text_depth layers when the model reads fewer than
+    all), then the model's attention pooling when it has one (else the tower's own pooling), then the
+    adapter."""
     from export.onnx_export import TextGraph
 
     with torch.no_grad():
-        graph = TextGraph(g.tower, g.ref.adapter, g.ref.pool).eval()
+        graph = TextGraph(g.tower, g.ref.adapter, g.ref.pool, g.ref.cfg.text_depth).eval()
         return graph(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
 
 
