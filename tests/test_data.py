@@ -154,6 +154,20 @@ def test_caption_vocabulary_2_adds_training_phrasings_only(seed):
         CaptionPool.build(10, seed, vocab=5)
 
 
+def _captions_per_draw(seed, vocab_a, vocab_b, n=3000):
+    """(spec, caption in vocab_a, caption in vocab_b) for n specs drawn from one generator: both captions
+    of a spec start from the same generator state, and must leave it in the same state, so the two
+    vocabularies stay in step draw for draw."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        s = sample_spec(rng)
+        rng_b = copy.deepcopy(rng)
+        a = C.write_caption(s, rng, vocab=vocab_a)
+        b = C.write_caption(s, rng_b, vocab=vocab_b)
+        assert rng_b.bit_generator.state == rng.bit_generator.state, (a, b)  # same draws: pools stay in step
+        yield s, a, b
+
+
 def test_caption_vocabulary_3_adds_rotation_sense_forms_to_rotate_only(seed):
     """Vocabulary 3 is vocabulary 2 plus training forms of a rotation sense followed by more words: they
     name the sense of the rotating part of the motion, never an orbit's, and every caption without a
@@ -173,13 +187,7 @@ def test_caption_vocabulary_3_adds_rotation_sense_forms_to_rotate_only(seed):
     # word for word per draw (one spec, the same generator state for both vocabularies), not by pool
     # index: a pool drops repeated captions, and a caption that repeats in one vocabulary but not the
     # other shifts every later index (CI seed 829576762 did)
-    rng = np.random.default_rng(seed)
-    for _ in range(3000):
-        s = sample_spec(rng)
-        rng3 = copy.deepcopy(rng)
-        c2 = C.write_caption(s, rng, vocab=2)
-        c3 = C.write_caption(s, rng3, vocab=3)
-        assert rng3.bit_generator.state == rng.bit_generator.state, (c2, c3)  # same draws: pools stay in step
+    for s, c2, c3 in _captions_per_draw(seed, 2, 3):
         parts = [s, s.get("then"), s.get("while")]
         rot = {p["sense"] for p in parts if p and p["family"] == "rotate"}
         if not rot:
@@ -205,13 +213,7 @@ def test_caption_vocabulary_4_is_vocabulary_2_without_its_grow_phrasings(seed):
     held = _phrase_regex(_held_out_phrases())
     assert not [c for c in v4.captions if grow.search(c) or held.search(c)]
     used = {fam: 0 for fam in added}
-    rng = np.random.default_rng(seed)
-    for _ in range(3000):
-        s = sample_spec(rng)
-        rng4 = copy.deepcopy(rng)
-        c1 = C.write_caption(s, rng, vocab=1)
-        c4 = C.write_caption(s, rng4, vocab=4)
-        assert rng4.bit_generator.state == rng.bit_generator.state, (c1, c4)  # same draws: pools stay in step
+    for s, c1, c4 in _captions_per_draw(seed, 1, 4):
         fams = {p["family"] for p in (s, s.get("then"), s.get("while")) if p}
         if not fams & set(added):
             assert c4 == c1, (c1, c4)
