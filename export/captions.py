@@ -789,3 +789,28 @@ def wide_nouns(vocab_path: str | None = None, vocab: int = 1) -> list[str]:
                 continue
             out.append(w)
     return out
+
+
+# Trailing phrases that say where an object is, never how it moves ("near the school"). A training
+# caption with one appended must embed like the caption alone (TrainConfig.filler_invariance), so that
+# the text pool learns to pass over words that carry no motion. Held-out phrasings put unseen words
+# after the motion words ("pivots clockwise around its center"), and the shipped pool gives "center"
+# about as much weight as "clockwise" (0.21-0.28 of its attention, both runs of default-hour-l4); one
+# run read it as counterclockwise. The prepositions are outside every caption vocabulary (the linking
+# "to", "in", "of", "the" are not) and the nouns come from wide_nouns(), which keeps out every
+# caption word, held-out ones included.
+FILLER_PREPOSITIONS = (
+    "near the",
+    "beside the",
+    "by the",
+    "behind the",
+    "inside the",
+    "next to the",
+    "in front of the",
+)
+
+
+def filler_phrase(rng: np.random.Generator, nouns: list[str]) -> str:
+    """One trailing "where" phrase: a FILLER_PREPOSITIONS entry and a word of `nouns`."""
+    prep = FILLER_PREPOSITIONS[int(rng.integers(len(FILLER_PREPOSITIONS)))]
+    return f"{prep} {nouns[int(rng.integers(len(nouns)))]}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.captions import _OBJECTS, DIRECTIONS, HORIZONTAL, _pick, spec_key, write_caption
+from export.captions import _OBJECTS, DIRECTIONS, HORIZONTAL, _pick, filler_phrase, spec_key, write_caption
 from export.captions import wide_nouns as vocabulary_nouns
 
 SPEED_FACTOR = {"slow": 0.5, "normal": 1.0, "fast": 1.8}
@@ -301,6 +301,7 @@ class CaptionPool:
     keys: list
     held_out: bool
     twins: list | None = None  # with build(twin_noun=w): each caption with its object replaced by w
+    fillers: list | None = None  # with build(filler=True): each caption with a "where" phrase appended
 
     @classmethod
     def build(
@@ -311,14 +312,19 @@ class CaptionPool:
         wide_nouns: float = 0.0,
         twin_noun: str | None = None,
         vocab: int = 1,
+        filler: bool = False,
     ) -> CaptionPool:
         """`wide_nouns`: the fraction of captions whose object is a word of captions.wide_nouns() (the
         text tower's whole vocabulary, filtered) instead of the object list; 0 keeps the draws of
         earlier pools bit for bit. `twin_noun`: also write every caption again, word for word, with this
         object instead (`twins`); the captions themselves do not change. `vocab`: the caption vocabulary
-        (captions.CAPTION_VOCABS; 1 keeps earlier pools bit for bit)."""
+        (captions.CAPTION_VOCABS; 1 keeps earlier pools bit for bit). `filler`: also write every caption
+        with a trailing phrase that says where, not how ("... near the school", captions.filler_phrase;
+        `fillers`), drawn from a generator of its own so the captions and twins do not change."""
         if wide_nouns and held_out:
             raise ValueError("wide_nouns is for training pools; held-out captions use the held-out objects")
+        if filler and held_out:
+            raise ValueError("filler is for training pools (an invariance to learn), not held-out ones")
         words = vocabulary_nouns(vocab=vocab) if wide_nouns else None
         rng = np.random.default_rng(seed)
         specs, caps, keys, twins, seen = [], [], [], [], set()
@@ -341,7 +347,12 @@ class CaptionPool:
             keys.append(spec_key(spec))
             if twin_rng is not None:
                 twins.append(write_caption(spec, twin_rng, held_out=held_out, noun=twin_noun, vocab=vocab))
-        return cls(specs, caps, keys, held_out, twins if twin_noun is not None else None)
+        fillers = None
+        if filler:
+            frng = np.random.default_rng([seed, 1])
+            nouns = vocabulary_nouns(vocab=vocab)
+            fillers = [f"{c} {filler_phrase(frng, nouns)}" for c in caps]
+        return cls(specs, caps, keys, held_out, twins if twin_noun is not None else None, fillers)
 
 
 def make_batch(

@@ -65,6 +65,13 @@ class TrainConfig:
     # Weight of the same idea in motion space: the decoder's trajectory from a caption and from its twin
     # (same initial points and times) must agree (L1 of positions and velocities, as rec_text).
     noun_motion_invariance: float = 0.0
+    # Weight of a loss that asks the model to embed each caption with a trailing "where" phrase appended
+    # ("... near the school", captions.filler_phrase) like the caption alone: 1 - cos between the two
+    # adapter outputs, the plain caption's held fixed, so the text pool learns to pass over words that
+    # carry no motion instead of the plain caption moving toward the filled one. Held-out phrasings
+    # trail unseen words after the motion words ("clockwise around its center"), which one run of
+    # default-hour-l4 read as the opposite sense (model card).
+    filler_invariance: float = 0.0
     # Decode at most this many points per sequence for the reconstruction losses (0: all), the same
     # random subset for the whole batch. The encoder still sees every point, and a decoded point is
     # exactly what a full decode gives (the layout comes from all points), so the loss is an unbiased
@@ -274,6 +281,16 @@ PRESETS = {
     "default-hour-l4": _from_scratch(
         steps=7000, model={"point_hidden": 32, "text_depth": 4}, pool_frozen_steps=4000
     ),
+    # default-hour-l4 with the filler invariance at noun_invariance's weight: every caption also appears
+    # with a trailing "where" phrase ("... near the school") that must not move its embedding. Its
+    # seed 15 turned "clockwise around its center" counterclockwise, its pool weighing "center" as
+    # much as "clockwise" (model card). Not trained yet: no figures.
+    "default-hour-l4-fill": _from_scratch(
+        steps=7000,
+        model={"point_hidden": 32, "text_depth": 4},
+        pool_frozen_steps=4000,
+        filler_invariance=10.0,
+    ),
     "clip-b32": TrainConfig(tower="clip:ViT-B-32:openai", model={"dim": 512}),
     "tiny": TrainConfig(
         steps=40,
@@ -368,6 +385,8 @@ def compute_losses(
     noun_invariance: float = 0.0,
     noun_motion_invariance: float = 0.0,
     decode_points: int = 0,
+    e_filler: torch.Tensor | None = None,
+    filler_invariance: float = 0.0,
 ) -> dict:
     if decode_points < 0:
         raise ValueError(f"decode_points must be >= 0 (0 decodes every point), got {decode_points}")
@@ -402,6 +421,10 @@ def compute_losses(
         inv_m = reconstruction(from_text, model.decoder(model.adapter(e_twin), init, times, pts), w.velocity)
         out["noun_motion_invariance"] = inv_m
         total = total + noun_motion_invariance * inv_m
+    if e_filler is not None and filler_invariance > 0:
+        inv_f = (1 - (e.detach() * model.adapter(e_filler)).sum(-1)).mean()
+        out["filler_invariance"] = inv_f
+        total = total + filler_invariance * inv_f
     if image_emb is not None:
         img = (1 - (z * image_emb).sum(-1)).mean()
         out["image"] = img
@@ -448,8 +471,16 @@ def train(
         )
     weights = LossWeights(**cfg.weights)
     twin = TWIN_NOUN if cfg.noun_invariance > 0 or cfg.noun_motion_invariance > 0 else None
+    if cfg.filler_invariance < 0:
+        raise ValueError(f"filler_invariance is a loss weight >= 0 (0: off), got {cfg.filler_invariance}")
+    filler = cfg.filler_invariance > 0
     pool = CaptionPool.build(
-        cfg.pool_size, cfg.seed, wide_nouns=cfg.wide_nouns, twin_noun=twin, vocab=cfg.caption_vocab
+        cfg.pool_size,
+        cfg.seed,
+        wide_nouns=cfg.wide_nouns,
+        twin_noun=twin,
+        vocab=cfg.caption_vocab,
+        filler=filler,
     )
     attention = model.pool is not None
     if cfg.pool_frozen_steps < 0:
@@ -464,6 +495,7 @@ def train(
     depth = mcfg.text_depth
     emb = _PoolText(enc, pool.captions, cache_dir, attention, depth)
     emb_twin = _PoolText(enc, pool.twins, cache_dir, attention, depth) if twin else None
+    emb_filler = _PoolText(enc, pool.fillers, cache_dir, attention, depth) if filler else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     ema: dict[str, torch.Tensor] | None = None  # float64 shadow of model.state_dict() once started
@@ -516,6 +548,8 @@ def train(
             cfg.noun_invariance,
             cfg.noun_motion_invariance,
             cfg.decode_points,
+            None if emb_filler is None else emb_filler(model, idx, frozen),
+            cfg.filler_invariance,
         )
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()

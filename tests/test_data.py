@@ -277,6 +277,34 @@ def test_twin_captions_differ_only_in_the_object(seed):
         assert 1 <= len(c) - i - j <= 4, (cap, twin)
 
 
+def test_filler_captions_append_a_where_phrase_of_unused_words(seed):
+    """Each filled caption is its caption, a space and one "where" phrase: a listed preposition and a
+    wide_nouns() word. Outside the linking words ("to", "in", "of", "the") no word of the phrase is a
+    word of any caption vocabulary (held-out phrasings included), so fillers teach nothing about
+    motion and leak no held-out word. The captions and twins are those of the same pool without
+    fillers; the fillers are deterministic by seed and vary (nouns and prepositions)."""
+    kw = dict(wide_nouns=0.5, twin_noun="object")
+    plain = CaptionPool.build(600, seed, **kw)
+    pool = CaptionPool.build(600, seed, **kw, filler=True)
+    assert plain.fillers is None and pool.captions == plain.captions and pool.twins == plain.twins
+    assert CaptionPool.build(600, seed, **kw, filler=True).fillers == pool.fillers
+    nouns = set(C.wide_nouns())
+    caption_words = set().union(*(C._caption_words(vocab=v) for v in C.CAPTION_VOCABS))
+    linking = {"to", "in", "of", "the"}
+    preps, used = set(), set()
+    for cap, filled in zip(pool.captions, pool.fillers, strict=True):
+        assert filled.startswith(cap + " "), (cap, filled)
+        phrase = filled[len(cap) + 1 :]
+        prep, _, noun = phrase.rpartition(" ")
+        assert prep in C.FILLER_PREPOSITIONS and noun in nouns, phrase
+        assert not (set(phrase.split()) - linking) & caption_words, phrase
+        preps.add(prep)
+        used.add(noun)
+    assert preps == set(C.FILLER_PREPOSITIONS) and len(used) > 500
+    with pytest.raises(ValueError, match="training pools"):
+        CaptionPool.build(10, seed, held_out=True, filler=True)
+
+
 # -- frame 0 and screen semantics ----------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ machine, which trains a model in the background.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 
@@ -251,6 +252,31 @@ def test_noun_invariance_pulls_a_caption_toward_its_twin(seed):
     assert all(p.grad is None for p in model.decoder.parameters())
 
 
+def test_filler_invariance_moves_the_filled_caption_only(seed, tmp_path):
+    """The term is 1 - cos(adapter(e), adapter(e_filler)) with the plain caption's side held fixed: 0
+    when the filled caption embeds as the plain one, added with its weight; its gradient reaches the
+    filled caption's embedding and the adapter, never the plain caption's embedding (the pool learns to
+    pass over the filler; the caption does not move toward it). Weight 0 leaves the loss as it was."""
+    model, traj, e, filled, keys = _twin_batch(seed)
+    w = LossWeights()
+    with torch.no_grad():
+        plain = compute_losses(model, traj, e, keys, w)
+        same = compute_losses(model, traj, e, keys, w, e_filler=e, filler_invariance=4.0)
+        off = compute_losses(model, traj, e, keys, w, e_filler=filled, filler_invariance=0.0)
+    assert same["filler_invariance"].item() < 1e-6 and "filler_invariance" not in off
+    assert torch.equal(off["total"], plain["total"])
+    e_in, filled_in = e.clone().requires_grad_(True), filled.clone().requires_grad_(True)
+    out = compute_losses(model, traj, e_in, keys, w, e_filler=filled_in, filler_invariance=4.0)
+    want = (1 - (model.adapter(e) * model.adapter(filled)).sum(-1).mean()).item()
+    assert out["filler_invariance"].item() == pytest.approx(want, rel=1e-5) and want > 0.05
+    assert out["total"].item() == pytest.approx(plain["total"].item() + 4.0 * want, rel=1e-5)
+    g_plain, g_filled = torch.autograd.grad(out["filler_invariance"], [e_in, filled_in], allow_unused=True)
+    assert g_plain is None or float(g_plain.abs().max()) == 0.0
+    assert float(g_filled.abs().max()) > 0
+    with pytest.raises(ValueError, match="filler_invariance"):
+        _quiet_train(_tiny(steps=1, filler_invariance=-1.0), tmp_path / "bad")
+
+
 def test_noun_motion_invariance_compares_the_two_decodings(seed):
     """The motion-space term is rec(decoder(adapter(e)), decoder(adapter(e_twin))) on the batch's initial
     points and times: 0 when the twin equals the caption, added with its weight, its gradient reaching
@@ -320,6 +346,7 @@ def test_one_run_presets_change_only_what_they_say():
     stated["default-hour-10k"] = {**stated["default-hour-cur"], "steps": 10000, "pool_frozen_steps": 5700}
     cur_model = stated["default-hour-cur"]["model"]
     stated["default-hour-l4"] = {**stated["default-hour-cur"], "model": {**cur_model, "text_depth": 4}}
+    stated["default-hour-l4-fill"] = {**stated["default-hour-l4"], "filler_invariance": 10.0}
     for name, change in stated.items():
         cfg = dataclasses.asdict(PRESETS[name])
         assert {k: v for k, v in cfg.items() if base[k] != v} == change, name
@@ -391,6 +418,22 @@ def test_attention_pool_stage_starts_from_a_mean_pooled_run(seed, tmp_path, cach
     wide = {**PRESETS["tiny"].model, "width": 32}
     with pytest.raises(ValueError, match="does not fit this model"):
         _quiet_train(_tiny(steps=1, init_from=init, model=wide), tmp_path / "bad", cache_dir=cache_dir)
+
+
+def test_a_run_with_filler_invariance_pools_the_filled_captions(seed, tmp_path, cache_dir):
+    """A tiny attention-pool run with filler_invariance on logs the term every step and caches the token
+    states of the filled captions beside the plain ones (the same pool with a phrase appended)."""
+    small = dict(batch=8, max_points_per_batch=8 * 16, pool_size=64, lr=3e-3, warmup=1, seed=seed)
+    model = {**PRESETS["tiny"].model, "text_pool": "attention"}
+    cfg = _tiny(steps=3, model=model, filler_invariance=1.0, **small)
+    res = _quiet_train(cfg, tmp_path / "run", cache_dir=cache_dir)
+    terms = [h["filler_invariance"] for h in res["history"]]
+    assert len(terms) == 3 and all(0 < t < 2 for t in terms), terms
+    pool = CaptionPool.build(64, seed, filler=True)
+    assert pool.fillers[0].startswith(pool.captions[0] + " ")
+    h = hashlib.sha256(("\n".join(pool.fillers) + "minilm").encode()).hexdigest()[:16]
+    with np.load(cache_dir / f"states-minilm-{h}.npz") as f:  # pool_token_states' file for the fillers
+        assert f["mask"].shape[0] == 64 and f["states"].shape[-1] == 384
 
 
 def test_pool_frozen_steps_keep_the_mean_pooling_then_train_the_pool(seed, tmp_path, cache_dir):
