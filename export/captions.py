@@ -798,7 +798,8 @@ def wide_nouns(vocab_path: str | None = None, vocab: int = 1) -> list[str]:
 # about as much weight as "clockwise" (0.21-0.28 of its attention, both runs of default-hour-l4); one
 # run read it as counterclockwise. The prepositions are outside every caption vocabulary (the linking
 # "to", "in", "of", "the" are not) and the nouns come from wide_nouns(), which keeps out every
-# caption word, held-out ones included.
+# word of that caption vocabulary, held-out ones included (filler_nouns() also drops the words of
+# the other vocabularies: "axis" is a vocabulary-3 word).
 FILLER_PREPOSITIONS = (
     "near the",
     "beside the",
@@ -808,6 +809,13 @@ FILLER_PREPOSITIONS = (
     "next to the",
     "in front of the",
 )
+
+
+def filler_nouns(vocab: int = 1) -> list[str]:
+    """wide_nouns(vocab=vocab) without any word of any caption vocabulary, so a filler names no word a
+    caption of any vocabulary uses."""
+    used = set().union(*(_caption_words(v) for v in CAPTION_VOCABS))
+    return [w for w in wide_nouns(vocab=vocab) if w not in used]
 
 
 def filler_phrase(rng: np.random.Generator, nouns: list[str]) -> str:

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.captions import _OBJECTS, DIRECTIONS, HORIZONTAL, _pick, filler_phrase, spec_key, write_caption
+from export.captions import (
+    _OBJECTS,
+    DIRECTIONS,
+    HORIZONTAL,
+    _pick,
+    filler_nouns,
+    filler_phrase,
+    spec_key,
+    write_caption,
+)
 from export.captions import wide_nouns as vocabulary_nouns
 
 SPEED_FACTOR = {"slow": 0.5, "normal": 1.0, "fast": 1.8}
@@ -350,7 +359,7 @@ class CaptionPool:
         fillers = None
         if filler:
             frng = np.random.default_rng([seed, 1])
-            nouns = vocabulary_nouns(vocab=vocab)
+            nouns = filler_nouns(vocab=vocab)
             fillers = [f"{c} {filler_phrase(frng, nouns)}" for c in caps]
         return cls(specs, caps, keys, held_out, twins if twin_noun is not None else None, fillers)
 

@@ -279,16 +279,18 @@ def test_twin_captions_differ_only_in_the_object(seed):
 
 def test_filler_captions_append_a_where_phrase_of_unused_words(seed):
     """Each filled caption is its caption, a space and one "where" phrase: a listed preposition and a
-    wide_nouns() word. Outside the linking words ("to", "in", "of", "the") no word of the phrase is a
-    word of any caption vocabulary (held-out phrasings included), so fillers teach nothing about
-    motion and leak no held-out word. The captions and twins are those of the same pool without
-    fillers; the fillers are deterministic by seed and vary (nouns and prepositions)."""
+    filler_nouns() word (a wide_nouns() word no caption vocabulary uses). Outside the linking words
+    ("to", "in", "of", "the") no word of the phrase is a word of any caption vocabulary (held-out
+    phrasings included), so fillers teach nothing about motion and leak no held-out word. The captions
+    and twins are those of the same pool without fillers; the fillers are deterministic by seed and
+    vary (nouns and prepositions)."""
     kw = dict(wide_nouns=0.5, twin_noun="object")
     plain = CaptionPool.build(600, seed, **kw)
     pool = CaptionPool.build(600, seed, **kw, filler=True)
     assert plain.fillers is None and pool.captions == plain.captions and pool.twins == plain.twins
     assert CaptionPool.build(600, seed, **kw, filler=True).fillers == pool.fillers
-    nouns = set(C.wide_nouns())
+    nouns = set(C.filler_nouns())
+    assert nouns <= set(C.wide_nouns()) and "axis" not in nouns  # "axis": a vocabulary-3 word
     caption_words = set().union(*(C._caption_words(vocab=v) for v in C.CAPTION_VOCABS))
     linking = {"to", "in", "of", "the"}
     preps, used = set(), set()
